@@ -1,0 +1,134 @@
+"""The task contract: labelled image references, a train/test split, and one canonical class list.
+
+A task never imports a backbone. It describes data; ``features.py`` turns its images into vectors and a
+protocol consumes those vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lifebench.errors import DataError
+
+__all__ = ["Examples", "Task"]
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """Parallel arrays, one entry per image: a stable string id, an image path, a string label, a group.
+
+    ``ids`` are unique and stable across runs (a path relative to the dataset root, or the manifest's id);
+    they key the embedding cache rows and the stored predictions. ``groups`` (optional) hold a
+    clustering variable such as a site, individual or observation.
+    """
+
+    ids: np.ndarray
+    paths: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name in ("paths", "labels") + (("groups",) if self.groups is not None else ()):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Examples.{name} has {len(getattr(self, name))} entries, ids has {n}")
+        if len(set(self.ids.tolist())) != n:
+            raise DataError("example ids are not unique; give each image its own id or path")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx: np.ndarray) -> Examples:
+        idx = np.asarray(idx)
+        return Examples(
+            ids=self.ids[idx],
+            paths=self.paths[idx],
+            labels=self.labels[idx],
+            groups=None if self.groups is None else self.groups[idx],
+        )
+
+    def manifest_hash(self) -> str:
+        """Hash of (id, path, file size, modification time) for every example, in order.
+
+        Any added, removed, renamed or rewritten file changes it, so the embedding cache misses;
+        reading the file contents is not needed.
+        """
+        h = hashlib.sha256()
+        for i, p in zip(self.ids.tolist(), self.paths.tolist(), strict=True):
+            try:
+                st = os.stat(p)
+                sig = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                sig = "missing"
+            h.update(f"{i}\0{p}\0{sig}\n".encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A labelled image collection with a train/test split.
+
+    ``classes`` is THE label map: sorted class names, built once from the labels of all examples, so
+    integer codes mean the same class in every split (the defect of label maps built per folder).
+    ``train_idx`` and ``test_idx`` index into ``examples``.
+    """
+
+    name: str
+    examples: Examples
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    classes: tuple[str, ...] = field(default=())
+    metric: str = "macro_f1"
+    protocol: str = "logreg"
+    source: str = ""
+    description: str = ""
+    split_source: str = "given"
+    """"given" when the data named its splits, else how lifebench made them (for example "stratified 25%, seed 0")."""
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            object.__setattr__(self, "classes", tuple(sorted(set(self.examples.labels.tolist()))))
+
+    @property
+    def train(self) -> Examples:
+        return self.examples.subset(self.train_idx)
+
+    @property
+    def test(self) -> Examples:
+        return self.examples.subset(self.test_idx)
+
+    def encode(self, labels: np.ndarray) -> np.ndarray:
+        """Map string labels to integer codes through the canonical class list."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        try:
+            return np.fromiter((index[lab] for lab in labels.tolist()), dtype=np.int64, count=len(labels))
+        except KeyError as e:
+            raise DataError(f"label {e.args[0]!r} is not one of the task's classes") from None
+
+    def manifest_hash(self) -> str:
+        """Hash of the examples, the split and the class list: changes whenever the task's data does."""
+        h = hashlib.sha256(self.examples.manifest_hash().encode())
+        h.update(np.asarray(self.train_idx, dtype=np.int64).tobytes())
+        h.update(np.asarray(self.test_idx, dtype=np.int64).tobytes())
+        h.update("\0".join(self.classes).encode())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict:
+        train_labels = self.examples.labels[self.train_idx]
+        test_labels = self.examples.labels[self.test_idx]
+        return {
+            "name": self.name,
+            "n_images": len(self.examples),
+            "n_train": len(self.train_idx),
+            "n_test": len(self.test_idx),
+            "n_classes": len(self.classes),
+            "train_counts": {c: int((train_labels == c).sum()) for c in self.classes},
+            "test_counts": {c: int((test_labels == c).sum()) for c in self.classes},
+            "metric": self.metric,
+            "split": self.split_source,
+            "source": self.source,
+        }
