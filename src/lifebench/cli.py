@@ -1,0 +1,364 @@
+"""The ``lifebench`` command line. The only module that prints.
+
+Every user error becomes one line on stderr (``lifebench: error: ...``) and exit code 2; bugs keep their
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lifebench import __version__
+from lifebench.config import DEFAULT_RESAMPLES, cache_dir, data_dir, default_store
+from lifebench.errors import ConfigError, LifebenchError
+
+log = logging.getLogger("lifebench.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line, with where to find help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--param {text!r} is not KEY=VALUE; for example --param C=0.1")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_common_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: auto)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes (default: auto)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="embedding cache (default $LIFEBENCH_CACHE or ~/.cache/lifebench)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out unreadable images (counted and logged) instead of stopping")
+
+
+def _add_task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test-size", type=float, default=None,
+                   help="test fraction per class when the data names no split (default 0.25; demo tasks 0.5)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the stratified split (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lifebench", description=(
+        "Choose a vision model for your biology images: embed once with frozen backbones, fit light probes, "
+        "and compare with paired bootstrap confidence intervals."))
+    parser.add_argument("--version", action="version", version=f"lifebench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("run", help="evaluate models on tasks and store the results",
+                       description="Evaluate each --model on each --task with each --protocol; finished "
+                       "experiments are skipped unless --force. Prints the leaderboard of the tasks run.")
+    p.add_argument("--task", action="append", required=True, metavar="TASK",
+                   help="a folder (class sub-folders, optionally under train/ and test/), a CSV/Parquet manifest "
+                   "(path,label[,split][,group]) or a task name from 'lifebench ls tasks'; repeatable")
+    p.add_argument("--model", action="append", required=True, metavar="ID",
+                   help="backbone id, e.g. efficientnet-lite0, timm:resnet50.a1_in1k, open_clip:hf-hub:imageomics/bioclip, "
+                   "hf:facebook/dinov2-base, timm:vit_small_patch16_224@random; see 'lifebench ls backbones'; repeatable")
+    p.add_argument("--protocol", action="append", default=None, metavar="NAME",
+                   help="logreg (default), simpleshot or knn; repeatable")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="protocol parameter, e.g. C=0.1 or class_weight=balanced; repeatable")
+    p.add_argument("--seed", action="append", type=int, default=None, help="probe seed (default 0); repeatable")
+    _add_task_options(p)
+    p.add_argument("--store", type=Path, default=None,
+                   help="results database (default $LIFEBENCH_STORE or lifebench-results/results.sqlite)")
+    p.add_argument("--report-dir", type=Path, default=None,
+                   help="also write leaderboard.{md,csv,json} here (default: next to the store)")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
+    p.add_argument("--force", action="store_true", help="recompute experiments already in the store")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what would be skipped, then stop")
+    _add_common_run_options(p)
+
+    p = sub.add_parser("demo", help="evaluate three models on a real 5-class organism task, offline",
+                       description="Evaluate EfficientNet-Lite0 (ImageNet-pretrained), a random-init ViT and raw "
+                       "pixels on 161 Tux Paint organism photos (bird, mammal, insect, fish, flower) fetched with "
+                       "apt-get; falls back to a generated task where apt is not available.")
+    p.add_argument("--out", type=Path, default=Path("lifebench-demo"), help="output folder (default lifebench-demo)")
+    p.add_argument("--synthetic", action="store_true", help="use the generated shapes task instead of the photos")
+    p.add_argument("--force", action="store_true", help="recompute experiments already in the demo store")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
+    _add_common_run_options(p)
+
+    p = sub.add_parser("embed", help="export embeddings of a task's images (npy or Parquet)",
+                       description="Embed every image of TASK with MODEL and write the vectors. .npy writes an "
+                       "(n, D) float32 array plus a sidecar CSV <out>.ids.csv (row, id, label, split); .parquet writes "
+                       "one row per image with columns id, label, split, path, embedding.")
+    p.add_argument("--task", required=True, help="folder, manifest or task name")
+    p.add_argument("--model", required=True, help="backbone id")
+    p.add_argument("--out", type=Path, required=True, help="output file ending in .npy or .parquet")
+    _add_task_options(p)
+    _add_common_run_options(p)
+
+    p = sub.add_parser("ls", help="list backbones, tasks, protocols or metrics")
+    p.add_argument("what", choices=["backbones", "tasks", "protocols", "metrics"])
+
+    p = sub.add_parser("report", help="leaderboard with CIs from a results store",
+                       description="Read every experiment in the store and write leaderboard.{md,csv,json}: "
+                       "score [95%% CI] per model and task, the best marked and the models statistically tied "
+                       "with it (one-sided paired bootstrap, Holm-corrected).")
+    p.add_argument("--store", type=Path, default=None, help="results database (default as for 'run')")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: next to the store)")
+    p.add_argument("--task", action="append", default=None, help="only these tasks; repeatable")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("lifebench")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _cache(args) -> Path | None:
+    if getattr(args, "no_cache", False):
+        return None
+    return args.cache_dir or cache_dir()
+
+
+def _resolve_tasks(names: list[str], test_size: float | None, split_seed: int):
+    from lifebench.tasks import resolve_task
+
+    kw: dict[str, Any] = {"seed": split_seed}
+    if test_size is not None:
+        if not 0 < test_size < 1:
+            raise ConfigError(f"--test-size {test_size} must be between 0 and 1, e.g. 0.25")
+        kw["test_size"] = test_size
+    tasks, seen = [], set()
+    for name in names:
+        task = resolve_task(name, **kw)
+        if task.name in seen:
+            raise ConfigError(f"two tasks are named {task.name!r}; rename one folder or manifest")
+        seen.add(task.name)
+        tasks.append(task)
+    return tasks
+
+
+def _check_resamples(n: int) -> None:
+    if n < 1000:
+        raise ConfigError(f"--resamples {n} is too few for stable 95% intervals; use 1000 or more")
+
+
+def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None) -> None:
+    from lifebench.report import build_leaderboard
+
+    board = build_leaderboard(store, tasks=task_names, n_resamples=resamples)
+    print()
+    print(board.to_text())
+    if out_dir is not None:
+        written = board.write(out_dir)
+        print(f"\nreport: {', '.join(str(p) for p in written.values())}")
+
+
+def cmd_run(args) -> int:
+    from lifebench.backbones import parse_backbone_id
+    from lifebench.protocols import PROTOCOLS
+    from lifebench.runner import RunOptions, expand, plan_status, run_jobs
+    from lifebench.store import Store
+
+    _check_resamples(args.resamples)
+    models = [parse_backbone_id(m).canonical for m in args.model]
+    protocols = args.protocol or ["logreg"]
+    for p in protocols:
+        PROTOCOLS.get(p)
+    params = dict(_parse_param(p) for p in args.param)
+    tasks = _resolve_tasks(args.task, args.test_size, args.split_seed)
+    store_path = args.store or default_store()
+    with Store(store_path) as store:
+        jobs = expand(tasks, models, protocols, params, args.seed or [0])
+        if args.dry_run:
+            print(f"plan: {len(jobs)} jobs; store {store_path}")
+            for job, what in plan_status(jobs, store, args.force):
+                print(f"  {what:<40} {job.label()}")
+            return 0
+        options = RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
+                             num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force)
+        t0 = time.perf_counter()
+        results = run_jobs(jobs, store, options)
+        n_done = sum(r.status == "done" for r in results)
+        n_skip = sum(r.status == "skipped" for r in results)
+        n_img = sum(r.n_encoded for r in results)
+        print(f"{n_done} experiments run, {n_skip} already in the store; {n_img} images through a model; "
+              f"{time.perf_counter() - t0:.1f} s")
+        _print_leaderboard(store, [t.name for t in tasks], args.resamples,
+                           args.report_dir or Path(store_path).parent)
+    return 0
+
+
+DEMO_MODELS = ["efficientnet-lite0", "random-vit", "pixels"]
+
+
+def cmd_demo(args) -> int:
+    from lifebench.runner import RunOptions, expand, run_jobs
+    from lifebench.store import Store
+    from lifebench.tasks import synthetic, tuxpaint
+
+    _check_resamples(args.resamples)
+    t0 = time.perf_counter()
+    task = None
+    if not args.synthetic:
+        try:
+            task = tuxpaint.load(data_dir())
+        except tuxpaint.DataUnavailable as e:
+            print(f"lifebench demo: {e}; running on a generated shapes task instead", file=sys.stderr)
+    if task is None:
+        task = synthetic.load(data_dir())
+    s = task.summary()
+    counts = ", ".join(f"{c} {s['train_counts'][c] + s['test_counts'][c]}" for c in task.classes)
+    print(f"task {task.name}: {s['n_images']} images ({counts}); {s['n_train']} train / {s['n_test']} test, "
+          f"{s['split']}")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    with Store(out / "results.sqlite") as store:
+        jobs = expand([task], DEMO_MODELS, ["logreg"])
+        options = RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
+                             num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force)
+        results = run_jobs(jobs, store, options)
+        for r in results:
+            c = r.fit_info.get("C")
+            extra = f", C={c:g} chosen on a held-out part of train" if isinstance(c, (int, float)) else ""
+            print(f"  {r.job.backbone:<20} {r.status}{extra}")
+        _print_leaderboard(store, [task.name], args.resamples, out)
+        majority = max(s["test_counts"].values()) / s["n_test"]
+        print(f"majority-class accuracy on this test split: {majority:.3f}; total {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    from lifebench.backbones import load_backbone, parse_backbone_id
+    from lifebench.features import embed
+
+    out: Path = args.out
+    if out.suffix not in (".npy", ".parquet"):
+        raise ConfigError(f"--out {out} must end in .npy or .parquet")
+    (task,) = _resolve_tasks([args.task], args.test_size, args.split_seed)
+    backbone = load_backbone(parse_backbone_id(args.model).canonical)
+    emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
+                num_workers=args.workers, skip_bad_images=args.skip_bad_images)
+    split = np.full(len(task.examples), "train", dtype=object)
+    split[task.test_idx] = "test"
+    keep = np.flatnonzero(emb.ok)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    if out.suffix == ".npy":
+        import csv
+
+        np.save(tmp.open("wb"), emb.vectors[keep])
+        ids_path = out.with_suffix(".ids.csv")
+        with ids_path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["row", "id", "label", "split"])
+            for row, i in enumerate(keep):
+                w.writerow([row, task.examples.ids[i], task.examples.labels[i], split[i]])
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        vec = emb.vectors[keep]
+        table = pa.table({
+            "id": task.examples.ids[keep].astype(str), "label": task.examples.labels[keep].astype(str),
+            "split": split[keep].astype(str), "path": task.examples.paths[keep].astype(str),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), vec.shape[1]),
+        })
+        pq.write_table(table, tmp)
+    tmp.replace(out)
+    print(f"wrote {len(keep)} x {emb.vectors.shape[1]} embeddings of {task.name} by {backbone.id} to {out}"
+          f"{' (from cache)' if emb.from_cache else ''}")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    if args.what == "backbones":
+        from lifebench.backbones import describe
+
+        rows = describe()
+        print(f"{'name':<22} {'zero-shot':<9} {'offline':<7} id / help")
+        for r in rows:
+            print(f"{r['name']:<22} {'yes' if r['zero_shot'] else 'no':<9} {'yes' if r['offline'] else 'no':<7} "
+                  f"{r['syntax']}  {r['help']}")
+    elif args.what == "tasks":
+        from lifebench.tasks import TASKS
+
+        print("A task is a registered name below, or a path: a folder of class folders (optionally under train/ "
+              "and test/) or a CSV/Parquet manifest with columns path,label[,split][,group].")
+        for name in TASKS.names():
+            print(f"  {name:<22} {TASKS.help(name)}")
+    elif args.what == "protocols":
+        from lifebench.protocols import PROTOCOLS
+
+        for name in PROTOCOLS.names():
+            print(f"  {name:<12} {PROTOCOLS.help(name)}")
+    else:
+        from lifebench.metrics import METRICS, get_metric
+
+        for name in METRICS.names():
+            print(f"  {name:<18} {get_metric(name).description}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from lifebench.store import Store
+
+    _check_resamples(args.resamples)
+    store_path = args.store or default_store()
+    if not Path(store_path).exists():
+        raise ConfigError(f"no results store at {store_path}; run 'lifebench run' first or pass --store")
+    from lifebench.report import build_leaderboard
+
+    with Store(store_path) as store:
+        board = build_leaderboard(store, tasks=args.task, n_resamples=args.resamples, seed=args.seed,
+                                  confidence=args.confidence)
+        print(board.to_text())
+        written = board.write(args.out or Path(store_path).parent)
+    print(f"\nreport: {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "embed": cmd_embed, "ls": cmd_ls, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except LifebenchError as e:
+        print(f"lifebench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("lifebench: interrupted; finished experiments and cache entries are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Defaults in one place: where the embedding cache, downloaded data and results live.
+
+Precedence everywhere: built-in default < environment variable < command-line option.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["DEFAULT_RESAMPLES", "cache_dir", "data_dir", "default_store"]
+
+DEFAULT_RESAMPLES = 1000
+"""Bootstrap resamples for confidence intervals (at least 1000, see docs/statistics.md)."""
+
+
+def cache_dir() -> Path:
+    """Embedding cache: ``$LIFEBENCH_CACHE``, else ``$XDG_CACHE_HOME/lifebench``, else ``~/.cache/lifebench``."""
+    if os.environ.get("LIFEBENCH_CACHE"):
+        return Path(os.environ["LIFEBENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lifebench"
+
+
+def data_dir() -> Path:
+    """Downloaded datasets: ``$LIFEBENCH_DATA``, else ``<cache_dir>/data``."""
+    if os.environ.get("LIFEBENCH_DATA"):
+        return Path(os.environ["LIFEBENCH_DATA"]).expanduser()
+    return cache_dir() / "data"
+
+
+def default_store() -> Path:
+    """Results store: ``$LIFEBENCH_STORE``, else ``lifebench-results/results.sqlite`` in the working directory."""
+    if os.environ.get("LIFEBENCH_STORE"):
+        return Path(os.environ["LIFEBENCH_STORE"]).expanduser()
+    return Path("lifebench-results") / "results.sqlite"

@@ -1,0 +1,87 @@
+"""Expand what was asked (models x tasks x protocols x seeds) into jobs, each with a config hash.
+
+The hash covers everything that determines a job's predictions: the task's data (manifest, split and
+class list), the backbone's canonical id (plus size and modification time of a local checkpoint), the
+protocol and its parameters, the seed and the lifebench version's result format. Equal hash = same
+experiment, so the store can skip it (done) or refuse a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from lifebench.tasks.base import Task
+
+__all__ = ["RESULT_FORMAT", "Job", "expand"]
+
+RESULT_FORMAT = 1
+"""Bump when a change to lifebench changes predictions for the same inputs, so old results are redone."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One experiment: one backbone, one task, one protocol with its parameters, one seed."""
+
+    task: Task = field(compare=False, repr=False)
+    backbone: str
+    protocol: str
+    params: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    task_name: str = ""
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def config(self) -> dict[str, Any]:
+        """The JSON-able configuration stored with the experiment."""
+        return {
+            "task": self.task.name,
+            "task_manifest": self.task.manifest_hash(),
+            "task_source": self.task.source,
+            "split": self.task.split_source,
+            "metric": self.task.metric,
+            "backbone": self.backbone,
+            "backbone_file": _file_signature(self.backbone),
+            "protocol": self.protocol,
+            "params": self.param_dict,
+            "seed": self.seed,
+            "result_format": RESULT_FORMAT,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def label(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.task.name} | {self.backbone} | {self.protocol}{f'({params})' if params else ''} | seed {self.seed}"
+
+
+def _file_signature(backbone_id: str) -> str | None:
+    """Size and mtime of a local checkpoint named in ``family:arch@/path``; None for hub or built-in ids."""
+    _, _, weights = backbone_id.partition("@")
+    if weights and os.path.exists(weights):
+        st = os.stat(weights)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    return None
+
+
+def expand(
+    tasks: list[Task],
+    backbones: list[str],
+    protocols: list[str],
+    params: dict[str, Any] | None = None,
+    seeds: list[int] | None = None,
+) -> list[Job]:
+    """All combinations, grouped by backbone (so each model is loaded once), then task, protocol, seed."""
+    items = tuple(sorted((params or {}).items()))
+    return [
+        Job(task=t, backbone=b, protocol=p, params=items, seed=s, task_name=t.name)
+        for b, t, p, s in itertools.product(backbones, tasks, protocols, seeds or [0])
+    ]

@@ -1,0 +1,166 @@
+"""Run jobs in this process: load each backbone once, embed each task once, fit, predict, store.
+
+A job whose config hash is already in the store is skipped without loading anything (``force``
+recomputes it; the embedding cache still saves the forward pass). Each finished job is written to the
+store in one transaction, so a crash or kill loses only the job in flight and never leaves half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lifebench.backbones import load_backbone
+from lifebench.errors import DataError
+from lifebench.features import Embeddings, embed, resolve_device
+from lifebench.protocols import fit_info, make_protocol
+from lifebench.runner.plan import Job
+from lifebench.store import Experiment, Predictions, Store
+from lifebench.store.provenance import collect as collect_provenance
+
+__all__ = ["JobResult", "RunOptions", "plan_status", "run_jobs"]
+
+log = logging.getLogger(__name__)
+
+TOPK = 5
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    cache_dir: Path | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    num_workers: int | None = None
+    skip_bad_images: bool = False
+    force: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str
+    """"done" (ran now), "skipped" (already in the store) or "failed"."""
+    experiment_id: int | None = None
+    n_encoded: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    fit_info: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def plan_status(jobs: list[Job], store: Store, force: bool = False) -> list[tuple[Job, str]]:
+    """Each job with what a run would do: "run", "rerun (--force)" or "skip: done (experiment N)"."""
+    out = []
+    for job in jobs:
+        exp = store.get(job.config_hash)
+        if exp is None:
+            out.append((job, "run"))
+        elif force:
+            out.append((job, f"rerun (--force; replaces experiment {exp.id})"))
+        else:
+            out.append((job, f"skip: done (experiment {exp.id})"))
+    return out
+
+
+def run_jobs(jobs: list[Job], store: Store, options: RunOptions) -> list[JobResult]:
+    """Run ``jobs`` (grouped by backbone) and write each result to ``store``; returns one result per job."""
+    results: list[JobResult] = []
+    device = resolve_device(options.device)
+    by_backbone: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_backbone.setdefault(job.backbone, []).append(job)
+    for backbone_id, group in by_backbone.items():
+        todo = [j for j in group if options.force or not store.has(j.config_hash)]
+        for j in group:
+            if j not in todo:
+                log.info("skip (already in the store): %s", j.label())
+                results.append(JobResult(j, "skipped", experiment_id=store.get(j.config_hash).id))
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        backbone = load_backbone(backbone_id)
+        load_s = time.perf_counter() - t0
+        log.info("loaded %s in %.1f s", backbone.id, load_s)
+        embeddings: dict[str, Embeddings] = {}
+        for job in todo:
+            key = job.task.manifest_hash()
+            first_use = key not in embeddings
+            if first_use:
+                embeddings[key] = embed(
+                    backbone, job.task.examples, cache_dir=options.cache_dir, device=device,
+                    batch_size=options.batch_size, num_workers=options.num_workers,
+                    skip_bad_images=options.skip_bad_images, show_progress=options.show_progress,
+                )
+            emb = embeddings[key]
+            timings = {"load_backbone": load_s if first_use else 0.0,
+                       "embed": emb.seconds if first_use else 0.0}
+            results.append(_run_one(job, emb, store, options, device, timings, first_use))
+    return results
+
+
+def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, device, timings: dict,
+             first_use: bool) -> JobResult:
+    task = job.task
+    labels = task.examples.labels
+    train = task.train_idx[emb.ok[task.train_idx]]
+    test = task.test_idx[emb.ok[task.test_idx]]
+    if len(train) < len(task.train_idx) or len(test) < len(task.test_idx):
+        log.warning("%s: left out %d train and %d test images that could not be read", task.name,
+                    len(task.train_idx) - len(train), len(task.test_idx) - len(test))
+    if len(np.unique(labels[train])) < 2:
+        raise DataError(f"task {task.name!r} has fewer than 2 classes with readable training images")
+    if len(test) == 0:
+        raise DataError(f"task {task.name!r} has no readable test images")
+    y_train = task.encode(labels[train])
+    params = job.param_dict
+    est = make_protocol(job.protocol, **params, random_state=job.seed, device=str(device))
+    t = time.perf_counter()
+    est.fit(emb.vectors[train], y_train)
+    timings["fit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scores = np.asarray(est.decision_function(emb.vectors[test]), dtype=np.float64)
+    if scores.ndim == 1:  # binary decision function: score of the positive class
+        scores = np.stack([-scores, scores], axis=1)
+    proba = est.predict_proba(emb.vectors[test]) if hasattr(est, "predict_proba") else None
+    classes = np.asarray(est.classes_)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    pred_codes = classes[order[:, 0]]
+    y_pred = np.array(task.classes, dtype=object)[pred_codes].astype(str)
+    ranked = classes[order[:, : min(TOPK, len(classes))]]
+    topk = np.array(task.classes, dtype=object)[ranked].astype(str)
+    conf = (np.asarray(proba) if proba is not None else scores)[np.arange(len(test)), order[:, 0]]
+    timings["predict"] = time.perf_counter() - t
+    exp = Experiment(
+        id=None,
+        config_hash=job.config_hash,
+        task=task.name,
+        backbone=job.backbone,
+        protocol=job.protocol,
+        metric=task.metric,
+        n_train=int(len(train)),
+        seed=job.seed,
+        config=job.config(),
+        classes=list(task.classes),
+        fit_info={**fit_info(est), "n_bad_images": int((~emb.ok).sum()), "embedding_key": emb.key,
+                  "embedding_dim": int(emb.vectors.shape[1])},
+        provenance=collect_provenance(device=str(device)),
+        timings=timings,
+        created_at=time.time(),
+    )
+    preds = Predictions(
+        ids=task.examples.ids[test].astype(str),
+        y_true=labels[test].astype(str),
+        y_pred=y_pred,
+        score=conf.astype(np.float64),
+        topk=topk,
+    )
+    t = time.perf_counter()
+    exp_id = store.write(exp, preds, replace=options.force)
+    timings["store"] = time.perf_counter() - t
+    log.info("done: %s (fit %.2f s)", job.label(), timings["fit"])
+    return JobResult(job, "done", experiment_id=exp_id, n_encoded=emb.n_encoded if first_use else 0,
+                     timings=timings, fit_info=exp.fit_info)

@@ -1,0 +1,74 @@
+"""Shared fixtures: generated image folders and a tiny deterministic backbone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lifebench.backbones.base import Backbone, Preprocess
+
+# Keep test runs off the user's real cache and store.
+os.environ.setdefault("LIFEBENCH_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / "lifebench-test-cache"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def write_image(path: Path, rng: np.random.Generator, size=(40, 32), colour=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    if colour is not None:
+        arr = (arr * 0.3 + np.asarray(colour) * 0.7).astype(np.uint8)
+    Image.fromarray(arr, "RGB").save(path)
+    return path
+
+
+COLOURS = {"ant": (200, 30, 30), "bee": (30, 200, 30), "cod": (30, 30, 200)}
+
+
+def make_folder(root: Path, per_class: int = 6, layout: str = "flat", seed: int = 0) -> Path:
+    """Image folder with 3 colour-coded classes; layout "flat" (<class>/x.png) or "split" (train/ and test/)."""
+    rng = np.random.default_rng(seed)
+    for cls, colour in COLOURS.items():
+        for i in range(per_class):
+            if layout == "flat":
+                p = root / cls / f"{cls}{i}.png"
+            else:
+                p = root / ("test" if i % 3 == 0 else "train") / cls / f"{cls}{i}.png"
+            write_image(p, rng, colour=colour)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+class TinyBackbone(Backbone):
+    """Mean colour + a fixed random projection of 8x8 pixels: fast, deterministic, colour-sensitive."""
+
+    family = "test"
+    pooling = "flatten"
+
+    def __init__(self, seed: int = 0, crop: int = 8) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.module = torch.nn.Linear(3 * crop * crop, 16, bias=False).eval()
+        with torch.no_grad():
+            self.module.weight.copy_(torch.randn(16, 3 * crop * crop, generator=g) * 0.05)
+        self.id = f"test:tiny@{seed}"
+        self.embed_dim = 19
+        self.preprocess = Preprocess(crop=crop, resize=crop, interpolation="bilinear")
+        self.calls = 0
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.calls += len(pixels)
+        mean = pixels.mean(dim=(2, 3))
+        return torch.cat([mean, self.module(pixels.flatten(1))], dim=1)
+
+
+@pytest.fixture
+def tiny_backbone() -> TinyBackbone:
+    return TinyBackbone()
