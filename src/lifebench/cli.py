@@ -140,10 +140,10 @@ def _cache(args) -> Path | None:
     return args.cache_dir or cache_dir()
 
 
-def _resolve_tasks(names: list[str], test_size: float | None, split_seed: int):
+def _resolve_tasks(names: list[str], test_size: float | None, split_seed: int, skip_bad_images: bool = False):
     from lifebench.tasks import resolve_task
 
-    kw: dict[str, Any] = {"seed": split_seed}
+    kw: dict[str, Any] = {"seed": split_seed, "skip_bad_images": skip_bad_images}
     if test_size is not None:
         if not 0 < test_size < 1:
             raise ConfigError(f"--test-size {test_size} must be between 0 and 1, e.g. 0.25")
@@ -186,7 +186,7 @@ def cmd_run(args) -> int:
     for p in protocols:
         PROTOCOLS.get(p)
     params = dict(_parse_param(p) for p in args.param)
-    tasks = _resolve_tasks(args.task, args.test_size, args.split_seed)
+    tasks = _resolve_tasks(args.task, args.test_size, args.split_seed, args.skip_bad_images)
     store_path = args.store or default_store()
     with Store(store_path) as store:
         jobs = expand(tasks, models, protocols, params, args.seed or [0])
@@ -257,7 +257,7 @@ def cmd_embed(args) -> int:
     out: Path = args.out
     if out.suffix not in (".npy", ".parquet"):
         raise ConfigError(f"--out {out} must end in .npy or .parquet")
-    (task,) = _resolve_tasks([args.task], args.test_size, args.split_seed)
+    (task,) = _resolve_tasks([args.task], args.test_size, args.split_seed, args.skip_bad_images)
     backbone = load_backbone(parse_backbone_id(args.model).canonical)
     emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                 num_workers=args.workers, skip_bad_images=args.skip_bad_images)

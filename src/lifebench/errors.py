@@ -47,7 +47,7 @@ class UnknownNameError(ConfigError):
         if close:
             msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
         else:
-            shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+            shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "") if known else "(none)"
             msg += f"; known: {shown}"
         if hint:
             msg += f" ({hint})"

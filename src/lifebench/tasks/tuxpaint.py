@@ -24,9 +24,9 @@ import numpy as np
 
 from lifebench.errors import DataError
 from lifebench.tasks.base import Examples, Task
-from lifebench.tasks.split import stratified_split
+from lifebench.tasks.split import describe_split, stratified_split
 
-__all__ = ["CLASSES", "DataUnavailable", "fetch", "load"]
+__all__ = ["load_default", "CLASSES", "DataUnavailable", "fetch", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -179,5 +179,12 @@ def load(root: Path, *, test_size: float = 0.5, seed: int = 0) -> Task:
         protocol="logreg",
         source=f"Debian {PACKAGE} (GPL-2)",
         description="161 photo cut-outs of organisms in 5 classes: bird, mammal, insect, fish, flower",
-        split_source=f"stratified {test_size:.0%} test, seed {seed}",
+        split_source=describe_split(test_size, seed),
     )
+
+
+def load_default(*, test_size: float = 0.5, seed: int = 0, **_: object) -> Task:
+    """Factory for the task registry: the task in lifebench's data directory."""
+    from lifebench.config import data_dir
+
+    return load(data_dir(), test_size=test_size, seed=seed)

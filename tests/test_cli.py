@@ -1,0 +1,176 @@
+"""The command line end to end on generated images, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_folder, write_image
+
+from lifebench.cli import main
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def n_experiments(store: Path) -> int:
+    if not store.exists():
+        return 0
+    with sqlite3.connect(store) as con:
+        return con.execute("select count(*) from experiments").fetchone()[0]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIFEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIFEBENCH_STORE", str(tmp_path / "results" / "results.sqlite"))
+    return tmp_path
+
+
+def test_help_on_every_subcommand():
+    for cmd in ([], ["run"], ["demo"], ["embed"], ["ls"], ["report"]):
+        res = subprocess.run([sys.executable, "-m", "lifebench", *cmd, "--help"], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert "usage: lifebench" in res.stdout
+
+
+def test_run_twice_second_run_does_no_forward_pass_and_no_duplicate(env, capsys):
+    data = make_folder(env / "data", per_class=8)
+    store = env / "results" / "results.sqlite"
+    args = ["run", "--task", data, "--model", "pixels", "--model", "random-vit", "--workers", "0"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "2 experiments run, 0 already in the store; 48 images through a model" in out
+    assert n_experiments(store) == 2
+    assert "pixels" in out and "random-vit" in out and "[" in out  # leaderboard with intervals
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "0 experiments run, 2 already in the store; 0 images through a model" in out
+    assert n_experiments(store) == 2
+    # --force recomputes the probes from cached embeddings and replaces, never duplicates
+    code, out, err = run_cli([*args, "--force"], capsys)
+    assert code == 0, err
+    assert "2 experiments run, 0 already in the store; 0 images through a model" in out
+    assert n_experiments(store) == 2
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json"):
+        assert (store.parent / name).exists()
+    board = json.loads((store.parent / "leaderboard.json").read_text())
+    assert board["cells"], board
+
+
+def test_dry_run_lists_the_plan(env, capsys):
+    data = make_folder(env / "data", per_class=4)
+    code, out, _ = run_cli(["run", "--task", data, "--model", "pixels", "--workers", "0"], capsys)
+    assert code == 0
+    code, out, _ = run_cli(["run", "--task", data, "--model", "pixels", "--model", "random-vit", "--dry-run"], capsys)
+    assert code == 0
+    assert "plan: 2 jobs" in out and "skip: done" in out and "  run " in out
+
+
+def test_split_layout_and_embed_export(env, capsys):
+    data = make_folder(env / "data", per_class=9, layout="split")
+    out_npy = env / "emb.npy"
+    code, out, err = run_cli(["embed", "--task", data, "--model", "pixels", "--out", out_npy, "--workers", "0"], capsys)
+    assert code == 0, err
+    vec = np.load(out_npy)
+    ids = (env / "emb.ids.csv").read_text().splitlines()
+    assert vec.shape[0] == 27 and len(ids) == 28 and ids[0] == "row,id,label,split"
+    out_pq = env / "emb.parquet"
+    code, out, err = run_cli(["embed", "--task", data, "--model", "pixels", "--out", out_pq], capsys)
+    assert code == 0 and "(from cache)" in out
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out_pq)
+    assert table.num_rows == 27 and set(table.column("split").to_pylist()) == {"train", "test"}
+    np.testing.assert_allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), vec)
+
+
+def _bad_input_cases(root: Path):
+    rng = np.random.default_rng(0)
+    cases = {}
+    cases["missing path"] = (["--task", root / "nope"], "does not exist")
+    (root / "empty").mkdir()
+    cases["empty folder"] = (["--task", root / "empty"], "no images")
+    one = root / "one"
+    for i in range(3):
+        write_image(one / "ant" / f"{i}.png", rng)
+    cases["one class"] = (["--task", one], "only one class")
+    single = make_folder(root / "single", per_class=3)
+    for p in (single / "cod").iterdir():
+        if p.name != "cod0.png":
+            p.unlink()
+    cases["single image class"] = (["--task", single], "only 1 image")
+    zero = make_folder(root / "zero", per_class=3)
+    (zero / "ant" / "ant1.png").write_bytes(b"")
+    cases["zero-byte image"] = (["--task", zero], "ant1.png")
+    nonimg = make_folder(root / "nonimg", per_class=3)
+    (nonimg / "bee" / "notes.bin").write_bytes(b"\x00\x01")
+    cases["non-image file"] = (["--task", nonimg], "notes.bin")
+    corrupt = make_folder(root / "corrupt", per_class=3)
+    (corrupt / "bee" / "bee2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    cases["corrupt image"] = (["--task", corrupt], "bee2.png")
+    trunc = make_folder(root / "trunc", per_class=3)
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(trunc / "cod" / "cod1.jpg", quality=95)
+    data = (trunc / "cod" / "cod1.jpg").read_bytes()
+    (trunc / "cod" / "cod1.jpg").write_bytes(data[: len(data) // 2])
+    cases["truncated image"] = (["--task", trunc], "cod1.jpg")
+    good = make_folder(root / "good", per_class=3)
+    cases["unknown backbone"] = (["--task", good, "--model", "efficientnet-lite3"], "efficientnet-lite0")
+    cases["unknown task name"] = (["--task", "tuxpaint-organism"], "tuxpaint-organisms")
+    man = root / "manifest.csv"
+    man.write_text("path,label\ngood/ant/ant0.png,ant\ngood/ant/missing.png,ant\ngood/bee/bee0.png,bee\n")
+    cases["manifest missing files"] = (["--task", man], "missing.png")
+    man2 = root / "manifest2.csv"
+    man2.write_text("path,label\ngood/ant/ant0.png,ant\ngood/ant/ant1.png,\ngood/bee/bee0.png,bee\n")
+    cases["manifest empty labels"] = (["--task", man2], "label")
+    return cases
+
+
+def test_every_bad_input_gives_one_line_and_exit_2(env, capsys):
+    root = env / "bad"
+    root.mkdir()
+    for name, (args, expected) in _bad_input_cases(root).items():
+        if "--model" not in args:
+            args = [*args, "--model", "pixels"]
+        store = env / f"store-{name.replace(' ', '-')}.sqlite"
+        code, out, err = run_cli(["-q", "run", *args, "--store", store, "--workers", "0"], capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2, (name, out, err)
+        assert len(lines) == 1 and lines[0].startswith("lifebench: error:"), (name, err)
+        assert expected in lines[0], (name, lines[0])
+        assert "Traceback" not in err
+        assert n_experiments(store) == 0, name
+
+
+def test_skip_bad_images_counts_and_continues(env, capsys):
+    data = make_folder(env / "data", per_class=6)
+    (data / "bee" / "bee2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    code, out, err = run_cli(["run", "--task", data, "--model", "pixels", "--skip-bad-images", "--workers", "0"],
+                             capsys)
+    assert code == 0, err
+    assert "1 of 18 images could not be read" in err
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--model", "pixels"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--task" in err[0]
+
+
+def test_ls_lists_registries(capsys):
+    for what, expected in [("backbones", "efficientnet-lite0"), ("protocols", "logreg"), ("metrics", "macro_f1"),
+                           ("tasks", "tuxpaint-organisms")]:
+        code, out, _ = run_cli(["ls", what], capsys)
+        assert code == 0 and expected in out
