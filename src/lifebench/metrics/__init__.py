@@ -1,0 +1,43 @@
+"""Metrics on integer-coded predictions, vectorised over bootstrap resamples, and paired bootstrap statistics."""
+
+from lifebench.metrics.bootstrap import (
+    Estimate,
+    bootstrap_ci,
+    holm,
+    resample_indices,
+    task_seed,
+    ties_with_best,
+)
+from lifebench.metrics.classification import (
+    METRICS,
+    Metric,
+    accuracy,
+    accuracy_resampled,
+    balanced_accuracy,
+    balanced_accuracy_resampled,
+    get_metric,
+    macro_f1,
+    macro_f1_resampled,
+    top_k_accuracy,
+    top_k_accuracy_resampled,
+)
+
+__all__ = [
+    "METRICS",
+    "Estimate",
+    "Metric",
+    "accuracy",
+    "accuracy_resampled",
+    "balanced_accuracy",
+    "balanced_accuracy_resampled",
+    "bootstrap_ci",
+    "get_metric",
+    "holm",
+    "macro_f1",
+    "macro_f1_resampled",
+    "resample_indices",
+    "task_seed",
+    "ties_with_best",
+    "top_k_accuracy",
+    "top_k_accuracy_resampled",
+]

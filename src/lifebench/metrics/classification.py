@@ -1,0 +1,327 @@
+"""Classification metrics on integer-coded labels ``0..C-1``, pointwise and over bootstrap resamples.
+
+Every metric comes in two forms:
+
+* ``metric(y_true, y_pred)`` scores one test set and returns a float;
+* ``metric_resampled(y_true, y_pred, idx)`` scores every bootstrap resample at once. ``idx`` has shape
+  ``(B, m)`` and row ``b`` holds the test-set indices of resample ``b``; the result has shape ``(B,)`` and
+  equals ``[metric(y_true[r], y_pred[r]) for r in idx]`` to floating-point round-off.
+
+Class-averaged metrics (balanced accuracy, macro-F1) average over the classes present in ``y_true``
+(the WILDS convention): a predicted class that never occurs in the labels is not averaged, it only
+costs the recall of the true classes it was predicted for. In a resample, "present" means present in
+that resample's labels.
+
+The resampled forms never loop over ``B`` in Python: per-class counts of all resamples come from one
+``np.bincount`` on ``b * C + class``. Rows are processed in chunks of about ``_CHUNK_ELEMENTS`` index
+entries so that ``B = 1000`` resamples of ``n = 150_000`` examples stay within a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from lifebench.errors import ConfigError, DataError
+from lifebench.registry import Registry
+
+__all__ = [
+    "METRICS",
+    "Metric",
+    "accuracy",
+    "accuracy_resampled",
+    "balanced_accuracy",
+    "balanced_accuracy_resampled",
+    "get_metric",
+    "macro_f1",
+    "macro_f1_resampled",
+    "top_k_accuracy",
+    "top_k_accuracy_resampled",
+]
+
+logger = logging.getLogger(__name__)
+
+# Index entries per chunk of resamples; bounds the temporaries of the resampled metrics (~40 bytes each).
+_CHUNK_ELEMENTS = 1 << 21
+
+
+# --------------------------------------------------------------------------------------------------------
+# input checks
+
+
+def _labels(y: object, name: str) -> np.ndarray:
+    """Return ``y`` as a non-empty 1-D array of non-negative integer class codes."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise DataError(
+            f"{name} must be a 1-D array of class codes, got shape {arr.shape}; pass one label per example"
+        )
+    if arr.size == 0:
+        raise DataError(f"{name} is empty; a metric needs at least one test example")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(
+            f"{name} must hold integer class codes 0..C-1, got dtype {arr.dtype}; "
+            "encode labels with np.unique(labels, return_inverse=True)"
+        )
+    if arr.min() < 0:
+        raise DataError(f"{name} holds a negative class code {int(arr.min())}; class codes must be 0..C-1")
+    return arr
+
+
+def _pair(y_true: object, y_pred: object) -> tuple[np.ndarray, np.ndarray]:
+    yt = _labels(y_true, "y_true")
+    yp = _labels(y_pred, "y_pred")
+    if yt.shape != yp.shape:
+        raise DataError(
+            f"y_true has {yt.size} examples but y_pred has {yp.size}; pass one prediction per test example"
+        )
+    return yt, yp
+
+
+def _topk(y_true: object, topk: object, k: int) -> tuple[np.ndarray, np.ndarray]:
+    yt = _labels(y_true, "y_true")
+    tk = np.asarray(topk)
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}; use k=1 for top-1 accuracy")
+    if tk.ndim != 2 or tk.shape[0] != yt.size:
+        raise DataError(
+            f"topk must have shape (n, K) = ({yt.size}, K) with ranked class codes, got shape {tk.shape}; "
+            "pass one row of ranked predictions per test example"
+        )
+    if not np.issubdtype(tk.dtype, np.integer):
+        raise DataError(f"topk must hold integer class codes, got dtype {tk.dtype}")
+    if tk.shape[1] < k:
+        raise DataError(
+            f"top-{k} accuracy needs at least {k} ranked predictions per example, topk has {tk.shape[1]}; "
+            f"store the top {k} (or more) classes per example"
+        )
+    return yt, tk
+
+
+def _indices(idx: object, n: int) -> np.ndarray:
+    """Return ``idx`` as a 2-D integer array of valid indices into ``n`` examples."""
+    arr = np.asarray(idx)
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(
+            f"idx must have shape (B, m) with B, m >= 1, got shape {arr.shape}; build it with resample_indices"
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(
+            f"idx must hold integer indices, got dtype {arr.dtype}; build it with resample_indices"
+        )
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n:
+        raise DataError(
+            f"idx holds indices in [{lo}, {hi}] but the test set has {n} examples; "
+            "build idx with resample_indices(n) for this test set"
+        )
+    return arr
+
+
+def _row_chunks(rows: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """Split ``rows`` (B, m) into consecutive blocks of about ``_CHUNK_ELEMENTS`` entries."""
+    step = max(1, _CHUNK_ELEMENTS // rows.shape[1])
+    for start in range(0, rows.shape[0], step):
+        block = slice(start, start + step)
+        yield block, rows[block]
+
+
+# --------------------------------------------------------------------------------------------------------
+# shared arithmetic on per-class counts (shape (B, C)); pointwise metrics use B = 1
+
+
+def _class_counts(
+    y_true: np.ndarray, y_pred: np.ndarray, rows: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-resample true-positive, support and predicted counts, each of shape ``(len(rows), C)``."""
+    b = rows.shape[0]
+    offsets = np.arange(b, dtype=np.int64)[:, None] * n_classes
+    keys_true = offsets + y_true[rows]
+    keys_pred = offsets + y_pred[rows]
+    hit = (y_true == y_pred)[rows]
+    size = b * n_classes
+    support = np.bincount(keys_true.ravel(), minlength=size).reshape(b, n_classes)
+    predicted = np.bincount(keys_pred.ravel(), minlength=size).reshape(b, n_classes)
+    tp = np.bincount(keys_true[hit], minlength=size).reshape(b, n_classes)
+    return tp, support, predicted
+
+
+def _mean_over_present(per_class: np.ndarray, support: np.ndarray) -> np.ndarray:
+    present = support > 0
+    return np.where(present, per_class, 0.0).sum(axis=1) / present.sum(axis=1)
+
+
+def _recall_mean(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    recall = tp / np.maximum(support, 1)
+    return _mean_over_present(recall, support)
+
+
+def _f1_mean(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    # F1 = 2 tp / (2 tp + fp + fn) = 2 tp / (support + predicted); support > 0 for every averaged class.
+    f1 = 2.0 * tp / np.maximum(support + predicted, 1)
+    return _mean_over_present(f1, support)
+
+
+_CountsReducer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _pointwise_from_counts(y_true: object, y_pred: object, reduce: _CountsReducer) -> float:
+    yt, yp = _pair(y_true, y_pred)
+    n_classes = int(max(yt.max(), yp.max())) + 1
+    rows = np.arange(yt.size)[None, :]
+    return float(reduce(*_class_counts(yt, yp, rows, n_classes))[0])
+
+
+def _resampled_from_counts(y_true: object, y_pred: object, idx: object, reduce: _CountsReducer) -> np.ndarray:
+    yt, yp = _pair(y_true, y_pred)
+    rows = _indices(idx, yt.size)
+    n_classes = int(max(yt.max(), yp.max())) + 1
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for block, chunk in _row_chunks(rows):
+        out[block] = reduce(*_class_counts(yt, yp, chunk, n_classes))
+    return out
+
+
+def _hit_rate_resampled(hits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for block, chunk in _row_chunks(rows):
+        out[block] = np.count_nonzero(hits[chunk], axis=1) / rows.shape[1]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# public metrics
+
+
+def accuracy(y_true: object, y_pred: object) -> float:
+    """Fraction of examples whose predicted class equals the true class."""
+    yt, yp = _pair(y_true, y_pred)
+    return np.count_nonzero(yt == yp) / yt.size
+
+
+def accuracy_resampled(y_true: object, y_pred: object, idx: object) -> np.ndarray:
+    """:func:`accuracy` of every resample ``y[idx[b]]``; returns shape ``(B,)`` float64."""
+    yt, yp = _pair(y_true, y_pred)
+    return _hit_rate_resampled(yt == yp, _indices(idx, yt.size))
+
+
+def balanced_accuracy(y_true: object, y_pred: object) -> float:
+    """Mean per-class recall over the classes present in ``y_true``."""
+    return _pointwise_from_counts(y_true, y_pred, _recall_mean)
+
+
+def balanced_accuracy_resampled(y_true: object, y_pred: object, idx: object) -> np.ndarray:
+    """:func:`balanced_accuracy` of every resample ``y[idx[b]]``; returns shape ``(B,)`` float64."""
+    return _resampled_from_counts(y_true, y_pred, idx, _recall_mean)
+
+
+def macro_f1(y_true: object, y_pred: object) -> float:
+    """Mean per-class F1 over the classes present in ``y_true`` (WILDS convention).
+
+    Equals ``sklearn.metrics.f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro",
+    zero_division=0)``. A predicted class absent from ``y_true`` is not averaged; it only lowers the
+    recall of the true classes it was predicted for.
+    """
+    return _pointwise_from_counts(y_true, y_pred, _f1_mean)
+
+
+def macro_f1_resampled(y_true: object, y_pred: object, idx: object) -> np.ndarray:
+    """:func:`macro_f1` of every resample ``y[idx[b]]``, each over the classes present in that resample."""
+    return _resampled_from_counts(y_true, y_pred, idx, _f1_mean)
+
+
+def top_k_accuracy(y_true: object, topk: object, k: int) -> float:
+    """Fraction of examples whose true class is among the first ``k`` columns of ``topk``.
+
+    ``topk`` has shape ``(n, K)`` with ``K >= k``; row ``i`` lists predicted classes, best first.
+    """
+    yt, tk = _topk(y_true, topk, k)
+    return np.count_nonzero((tk[:, :k] == yt[:, None]).any(axis=1)) / yt.size
+
+
+def top_k_accuracy_resampled(y_true: object, topk: object, idx: object, k: int) -> np.ndarray:
+    """:func:`top_k_accuracy` of every resample; returns shape ``(B,)`` float64."""
+    yt, tk = _topk(y_true, topk, k)
+    hits = (tk[:, :k] == yt[:, None]).any(axis=1)
+    return _hit_rate_resampled(hits, _indices(idx, yt.size))
+
+
+# --------------------------------------------------------------------------------------------------------
+# registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric with its pointwise and resampled forms.
+
+    Attributes
+    ----------
+    name:
+        Registry name, e.g. ``"macro_f1"``.
+    fn:
+        ``fn(y_true, y_pred_or_topk) -> float`` on one test set.
+    resampled_fn:
+        ``resampled_fn(y_true, y_pred_or_topk, idx) -> (B,) float64`` over bootstrap resamples.
+    higher_is_better:
+        Direction used when ranking models.
+    needs:
+        ``"pred"`` (one predicted class per example) or ``"topk"`` (ranked classes, shape ``(n, K)``).
+    description:
+        One line for listings.
+    """
+
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray], float]
+    resampled_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    higher_is_better: bool = True
+    needs: Literal["pred", "topk"] = "pred"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.needs not in ("pred", "topk"):
+            raise ConfigError(f"metric {self.name!r} has needs={self.needs!r}; use 'pred' or 'topk'")
+
+
+METRICS: Registry[Metric] = Registry("metric", hint="list them with lifebench.metrics.METRICS.names()")
+
+
+def _register(metric: Metric) -> None:
+    METRICS.register(metric.name, metric, help=metric.description)
+
+
+_register(Metric("accuracy", accuracy, accuracy_resampled, description="top-1 accuracy"))
+_register(
+    Metric(
+        "balanced_accuracy",
+        balanced_accuracy,
+        balanced_accuracy_resampled,
+        description="mean per-class recall over the classes present in the labels",
+    )
+)
+_register(
+    Metric(
+        "macro_f1",
+        macro_f1,
+        macro_f1_resampled,
+        description="mean per-class F1 over the classes present in the labels (WILDS convention)",
+    )
+)
+_register(
+    Metric(
+        "top5_accuracy",
+        functools.partial(top_k_accuracy, k=5),
+        functools.partial(top_k_accuracy_resampled, k=5),
+        needs="topk",
+        description="true class among the 5 highest-ranked predictions",
+    )
+)
+
+
+def get_metric(name: str) -> Metric:
+    """Return the registered :class:`Metric` called ``name``; unknown names raise :class:`UnknownNameError`."""
+    return METRICS.get(name)
