@@ -175,13 +175,13 @@ def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None) 
 
 
 def cmd_run(args) -> int:
-    from lifebench.backbones import parse_backbone_id
+    from lifebench.backbones import canonical_id
     from lifebench.protocols import PROTOCOLS
     from lifebench.runner import RunOptions, expand, plan_status, run_jobs
     from lifebench.store import Store
 
     _check_resamples(args.resamples)
-    models = [parse_backbone_id(m).canonical for m in args.model]
+    models = [canonical_id(m) for m in args.model]
     protocols = args.protocol or ["logreg"]
     for p in protocols:
         PROTOCOLS.get(p)
@@ -251,14 +251,14 @@ def cmd_demo(args) -> int:
 def cmd_embed(args) -> int:
     import numpy as np
 
-    from lifebench.backbones import load_backbone, parse_backbone_id
+    from lifebench.backbones import canonical_id, load_backbone
     from lifebench.features import embed
 
     out: Path = args.out
     if out.suffix not in (".npy", ".parquet"):
         raise ConfigError(f"--out {out} must end in .npy or .parquet")
     (task,) = _resolve_tasks([args.task], args.test_size, args.split_seed, args.skip_bad_images)
-    backbone = load_backbone(parse_backbone_id(args.model).canonical)
+    backbone = load_backbone(canonical_id(args.model))
     emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                 num_workers=args.workers, skip_bad_images=args.skip_bad_images)
     split = np.full(len(task.examples), "train", dtype=object)
