@@ -1,0 +1,428 @@
+"""Leaderboards from stored per-example predictions, with paired bootstrap intervals and ties.
+
+Per task, every model is scored on the same test examples and the same bootstrap index matrix (seeded by
+the task name), so the intervals are comparable and the tie test between the best model and each other
+model is paired. See :mod:`lifebench.metrics.bootstrap` for the statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import functools
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lifebench.errors import ConfigError, DataError, UnknownNameError
+from lifebench.metrics import (
+    Estimate,
+    Metric,
+    bootstrap_ci,
+    get_metric,
+    resample_indices,
+    task_seed,
+    ties_with_best,
+)
+from lifebench.store.sqlite import Experiment, Predictions, Store
+
+__all__ = ["Cell", "Leaderboard", "build_leaderboard"]
+
+logger = logging.getLogger(__name__)
+
+BEST_TEXT = "*"
+TIED_TEXT = "="
+TIED_MARKDOWN = "≈"
+MISSING = "–"
+# Ranked predictions are padded (with -1) to this width when they already list every class.
+_TOPK_MIN_WIDTH = 5
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One model's score on one task.
+
+    ``tied`` is True for a model that is not significantly worse than the best one (never for the best
+    itself); ``pvalue`` is its Holm-adjusted p-value against the best (None for the best).
+    """
+
+    task: str
+    backbone: str
+    protocol: str
+    metric: str
+    point: float
+    low: float
+    high: float
+    n_test: int
+    is_best: bool
+    tied: bool
+    pvalue: float | None
+
+
+def _fmt(cell: Cell) -> str:
+    return f"{cell.point:.3f} [{cell.low:.3f}, {cell.high:.3f}]"
+
+
+@functools.cache
+def _higher_is_better(metric: str) -> bool:
+    try:
+        return get_metric(metric).higher_is_better
+    except UnknownNameError:
+        return True
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """Cells of a model x task table plus the settings that produced them (``meta``)."""
+
+    cells: tuple[Cell, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------ layout
+
+    def columns(self) -> list[tuple[str, str]]:
+        """(task, metric) pairs, sorted."""
+        return sorted({(c.task, c.metric) for c in self.cells})
+
+    def models(self) -> list[tuple[str, str]]:
+        """(backbone, protocol) pairs, best first by the mean point estimate over their cells."""
+        scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for c in self.cells:
+            scores[(c.backbone, c.protocol)].append(c.point if _higher_is_better(c.metric) else -c.point)
+        return sorted(scores, key=lambda m: (-float(np.mean(scores[m])), m))
+
+    def label(self, backbone: str, protocol: str) -> str:
+        """Row label: the backbone, plus the protocol when the board holds more than one protocol."""
+        if len({c.protocol for c in self.cells}) > 1:
+            return f"{backbone} ({protocol})"
+        return backbone
+
+    def _grid(self) -> tuple[list[str], list[tuple[str, list[Cell | None]]]]:
+        cols = self.columns()
+        index = {(c.backbone, c.protocol, c.task, c.metric): c for c in self.cells}
+        n_test = {(c.task, c.metric): c.n_test for c in self.cells}
+        headers = [f"{task} ({metric}, n={n_test[(task, metric)]})" for task, metric in cols]
+        rows = [
+            (self.label(*m), [index.get((*m, task, metric)) for task, metric in cols]) for m in self.models()
+        ]
+        return headers, rows
+
+    def legend(self, best: str, tied: str) -> str:
+        """One line explaining the numbers and the markers."""
+        conf = self.meta.get("confidence", 0.95)
+        return (
+            f"Point estimate [{conf:.0%} CI]: percentile bootstrap over test examples, "
+            f"{self.meta.get('n_resamples', '?')} resamples shared by all models of a task (seed "
+            f"{self.meta.get('seed', '?')}). {best}: best on the task; {tied}: not significantly worse than the "
+            f"best (one-sided paired bootstrap test, Holm-adjusted p > {self.meta.get('alpha', '?')}); "
+            f"{MISSING}: no result."
+        )
+
+    # ------------------------------------------------------------------------------------------ renderers
+
+    def to_markdown(self) -> str:
+        """A model x task Markdown table with a legend line below it."""
+        if not self.cells:
+            return "_No results._\n"
+        headers, rows = self._grid()
+
+        def esc(text: str) -> str:
+            return text.replace("|", "\\|")
+
+        def show(cell: Cell | None) -> str:
+            if cell is None:
+                return MISSING
+            if cell.is_best:
+                return f"**{_fmt(cell)}**"
+            return f"{_fmt(cell)} {TIED_MARKDOWN}" if cell.tied else _fmt(cell)
+
+        lines = [
+            "| model | " + " | ".join(esc(h) for h in headers) + " |",
+            "|:--|" + "--:|" * len(headers),
+        ]
+        lines += [f"| {esc(label)} | " + " | ".join(show(c) for c in cells) + " |" for label, cells in rows]
+        return "\n".join(lines) + "\n\n" + self.legend("**bold**", TIED_MARKDOWN) + "\n"
+
+    def to_text(self) -> str:
+        """Aligned plain text for terminals; ``*`` marks the best model of a task, ``=`` a tie with it."""
+        if not self.cells:
+            return "No results.\n"
+        headers, rows = self._grid()
+
+        def show(cell: Cell | None) -> str:
+            if cell is None:
+                return MISSING + " "
+            return _fmt(cell) + (BEST_TEXT if cell.is_best else TIED_TEXT if cell.tied else " ")
+
+        table = [["model", *headers]] + [[label, *(show(c) for c in cells)] for label, cells in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+
+        def line(row: Sequence[str]) -> str:
+            return "  ".join(
+                (text.ljust(w) if i == 0 else text.rjust(w))
+                for i, (text, w) in enumerate(zip(row, widths, strict=True))
+            )
+
+        out = [line(table[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in table[1:]]
+        return "\n".join(out) + "\n" + self.legend(BEST_TEXT, TIED_TEXT) + "\n"
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write one row per cell (long format) with a header of the :class:`Cell` fields."""
+        path = Path(path)
+        names = [f.name for f in dataclasses.fields(Cell)]
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=names)
+            writer.writeheader()
+            for cell in self.cells:
+                writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(cell).items()})
+        return path
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``{"meta": ..., "cells": [...]}``; non-finite numbers become null."""
+        path = Path(path)
+
+        def finite(v: object) -> object:
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        cells = [{k: finite(v) for k, v in dataclasses.asdict(c).items()} for c in self.cells]
+        path.write_text(json.dumps({"meta": self.meta, "cells": cells}, indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.json`` into ``out_dir``."""
+        out = Path(out_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create report folder {out} ({exc.strerror}); pass a writable --out folder"
+            ) from exc
+        md = out / "leaderboard.md"
+        md.write_text(
+            f"# Leaderboard\n\nGenerated {self.meta.get('generated_at', '')}.\n\n{self.to_markdown()}",
+            encoding="utf-8",
+        )
+        return {
+            "md": md,
+            "csv": self.to_csv(out / "leaderboard.csv"),
+            "json": self.to_json(out / "leaderboard.json"),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def _newest_per_model(task: str, exps: Iterable[Experiment]) -> list[Experiment]:
+    by_model: dict[tuple[str, str], list[Experiment]] = defaultdict(list)
+    for e in exps:
+        by_model[(e.backbone, e.protocol)].append(e)
+    kept = []
+    for (backbone, protocol), group in sorted(by_model.items()):
+        newest = max(group, key=lambda e: (e.created_at or 0.0, e.id or 0))
+        if len(group) > 1:
+            logger.warning(
+                "task %s: %d experiments of %s with protocol %s; using the newest (%s, n_train=%s, seed=%s)",
+                task, len(group), backbone, protocol, newest.config_hash, newest.n_train, newest.seed,
+            )  # fmt: skip
+        kept.append(newest)
+    return kept
+
+
+def _encode(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Integer codes of ``labels`` in the sorted array ``classes``; labels not in it get -1."""
+    if classes.size == 0:
+        return np.full(labels.shape, -1, dtype=np.int64)
+    pos = np.searchsorted(classes, labels)
+    clipped = np.minimum(pos, classes.size - 1)
+    return np.where(classes[clipped] == labels, clipped, -1).astype(np.int64)
+
+
+def _model(e: Experiment) -> str:
+    return f"{e.backbone}/{e.protocol}"
+
+
+def _load_aligned(
+    store: Store, task: str, metric: Metric, exps: list[Experiment]
+) -> list[tuple[Experiment, Predictions]]:
+    """Each experiment's predictions restricted to the test ids that all of them share, in id order."""
+    loaded = []
+    for e in exps:
+        assert e.id is not None
+        p = store.predictions(e.id)
+        if metric.needs == "topk" and p.topk is None:
+            logger.warning(
+                "task %s: %s stored no top-k labels; it is left out of %s", task, _model(e), metric.name
+            )
+        elif len(p) == 0:
+            logger.warning("task %s: %s stored no predictions; it is left out", task, _model(e))
+        else:
+            loaded.append((e, p))
+    if not loaded:
+        return []
+    common = loaded[0][1].ids
+    for _, p in loaded[1:]:
+        common = np.intersect1d(common, p.ids, assume_unique=True)
+    if any(len(p) != common.size for _, p in loaded):
+        counts = ", ".join(f"{_model(e)}: {len(p)}" for e, p in loaded)
+        logger.warning(
+            "task %s: models were scored on different test examples (%s); comparing on the %d they share",
+            task, counts, common.size,
+        )  # fmt: skip
+    if common.size == 0:
+        raise DataError(
+            f"task {task}: the stored models share no test example ids; rerun them on the same split "
+            "(lifebench run --replace)"
+        )
+    aligned = []
+    for e, p in loaded:
+        pos = np.intersect1d(common, p.ids, assume_unique=True, return_indices=True)[2]
+        topk = None if p.topk is None else p.topk[pos]
+        aligned.append((e, Predictions(p.ids[pos], p.y_true[pos], p.y_pred[pos], p.score[pos], topk)))
+    first, y_true = aligned[0][0], aligned[0][1].y_true
+    for e, p in aligned[1:]:
+        if differ := int(np.count_nonzero(p.y_true != y_true)):
+            raise DataError(
+                f"task {task}: {_model(e)} and {_model(first)} stored different true labels for {differ} test "
+                "examples; the task data changed between runs: rerun the stale one with --replace"
+            )
+    return aligned
+
+
+def _score_task(
+    store: Store,
+    task: str,
+    metric: Metric,
+    exps: list[Experiment],
+    *,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+    alpha: float,
+) -> list[Cell]:
+    """Cells of one task scored with ``metric``: one per experiment (one experiment per model)."""
+    aligned = _load_aligned(store, task, metric, exps)
+    if not aligned:
+        return []
+    y_true = aligned[0][1].y_true
+    n_test = int(y_true.size)
+
+    classes = set().union(*(e.classes for e, _ in aligned))
+    seen = set(y_true.tolist()).union(*(p.y_pred.tolist() for _, p in aligned))
+    if extra := seen - classes:
+        logger.warning("task %s: labels missing from the stored class lists: %s", task, sorted(extra)[:10])
+    class_arr = np.array(sorted(classes | seen), dtype=str)
+    codes_true = _encode(y_true, class_arr)
+
+    idx = resample_indices(n_test, n_resamples, task_seed(task, seed))
+    estimates: dict[str, Estimate] = {}  # keyed by position: backbone and protocol names may contain anything
+    for i, (_, p) in enumerate(aligned):
+        if metric.needs == "topk":
+            assert p.topk is not None
+            pred = _encode(p.topk, class_arr)
+            if pred.shape[1] >= class_arr.size:  # the ranking lists every class: padding changes nothing
+                pred = np.pad(
+                    pred, ((0, 0), (0, max(0, _TOPK_MIN_WIDTH - pred.shape[1]))), constant_values=-1
+                )
+        else:
+            pred = _encode(p.y_pred, class_arr)
+        estimates[str(i)] = bootstrap_ci(metric, codes_true, pred, idx, confidence)
+
+    best, tied, pvalues = ties_with_best(estimates, alpha=alpha, higher_is_better=metric.higher_is_better)
+    cells = []
+    for i, (e, _) in enumerate(aligned):
+        key, est = str(i), estimates[str(i)]
+        cells.append(
+            Cell(
+                task=task,
+                backbone=e.backbone,
+                protocol=e.protocol,
+                metric=metric.name,
+                point=est.point,
+                low=est.low,
+                high=est.high,
+                n_test=n_test,
+                is_best=key == best,
+                tied=key != best and key in tied,
+                pvalue=None if key == best else pvalues[key],
+            )
+        )
+    return cells
+
+
+def build_leaderboard(
+    store: Store | str | os.PathLike[str],
+    *,
+    tasks: Sequence[str] | None = None,
+    metric: str | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> Leaderboard:
+    """Score every stored model on every task, with paired bootstrap intervals and ties with the best.
+
+    Parameters
+    ----------
+    store:
+        A :class:`~lifebench.store.Store` or the path of an existing store file.
+    tasks:
+        Tasks to include; None means every task in the store.
+    metric:
+        Metric name for every task; None uses each experiment's own ``metric`` column (a task whose
+        experiments name different metrics gets one column per metric).
+    n_resamples, seed, confidence, alpha:
+        Bootstrap resamples, base seed (combined with the task name), interval coverage and the
+        family-wise error rate of the tie test.
+    """
+    if not isinstance(store, Store):
+        path = Path(store)
+        if not path.is_file():
+            raise ConfigError(
+                f"no results store at {path}; run `lifebench run` first or pass the right --store"
+            )
+        with Store(path) as opened:
+            return build_leaderboard(
+                opened, tasks=tasks, metric=metric, n_resamples=n_resamples, seed=seed,
+                confidence=confidence, alpha=alpha,
+            )  # fmt: skip
+
+    every = store.experiments()
+    known = sorted({e.task for e in every})
+    if not known:
+        raise ConfigError(f"results store {store.path} holds no experiments; run `lifebench run` first")
+    for t in tasks or ():
+        if t not in known:
+            raise UnknownNameError("task", t, known, hint=f"tasks with results in {store.path}")
+    forced = None if metric is None else get_metric(metric)
+
+    cells: list[Cell] = []
+    for task in known if tasks is None else list(dict.fromkeys(tasks)):
+        by_metric: dict[str, list[Experiment]] = defaultdict(list)
+        for e in _newest_per_model(task, (e for e in every if e.task == task)):
+            by_metric[forced.name if forced else e.metric].append(e)
+        for name, exps in sorted(by_metric.items()):
+            cells += _score_task(
+                store, task, forced or get_metric(name), exps,
+                n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha,
+            )  # fmt: skip
+
+    meta = {
+        "store": str(store.path),
+        "tasks": sorted({c.task for c in cells}),
+        "metric": metric,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "confidence": confidence,
+        "alpha": alpha,
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    return Leaderboard(cells=tuple(cells), meta=meta)

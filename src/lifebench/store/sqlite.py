@@ -1,0 +1,460 @@
+"""The results store: one SQLite file (WAL mode) of experiments and their per-example predictions.
+
+Per-example predictions are the source of truth; every statistic in a report is computed from them.
+An experiment is identified by the hash of its configuration: writing a hash that is already stored is a
+no-op that returns the stored id, so reruns never duplicate results.
+
+Why this design
+---------------
+* **One transaction per experiment.** The experiment row and all its prediction rows are written inside one
+  ``BEGIN IMMEDIATE ... COMMIT``; a crash, a kill or an exception half-way leaves nothing (SQLite rolls back
+  the uncommitted WAL frames on the next open). ``BEGIN IMMEDIATE`` takes the write lock before the
+  duplicate check, so two processes writing the same hash cannot both insert it.
+* **WAL + busy timeout.** Readers never block the writer and writers from several processes queue for up
+  to 30 s instead of failing with "database is locked".
+* **One connection per process.** A :class:`Store` that finds itself in a forked child opens a fresh
+  connection there; SQLite connections must not be shared across ``fork``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from lifebench.errors import ConfigError
+
+__all__ = ["SCHEMA_VERSION", "Experiment", "Predictions", "Store"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 30.0
+
+# JSON columns are declared TEXT: a declared type "JSON" would get NUMERIC affinity and turn "5" into 5.
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS experiments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- ids are never reused, even after a replace
+        config_hash TEXT UNIQUE NOT NULL,
+        task TEXT NOT NULL,
+        backbone TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        n_train INTEGER,
+        seed INTEGER NOT NULL,
+        config TEXT NOT NULL,      -- JSON object
+        classes TEXT NOT NULL,     -- JSON list: the canonical class list
+        fit_info TEXT NOT NULL,    -- JSON object, e.g. the chosen regularisation
+        provenance TEXT NOT NULL,  -- JSON object, see lifebench.store.provenance
+        timings TEXT NOT NULL,     -- JSON object: seconds per stage
+        created_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS experiments_by_task ON experiments (task, backbone, protocol)",
+    """
+    CREATE TABLE IF NOT EXISTS predictions (
+        experiment_id INTEGER NOT NULL REFERENCES experiments (id) ON DELETE CASCADE,
+        example_id TEXT NOT NULL,
+        y_true TEXT NOT NULL,
+        y_pred TEXT NOT NULL,
+        score REAL,
+        topk TEXT,                 -- JSON list of ranked predicted labels, or NULL
+        PRIMARY KEY (experiment_id, example_id)
+    ) WITHOUT ROWID
+    """,
+)
+
+_EXPERIMENT_COLUMNS = (
+    "config_hash", "task", "backbone", "protocol", "metric", "n_train", "seed",
+    "config", "classes", "fit_info", "provenance", "timings", "created_at",
+)  # fmt: skip
+_JSON_COLUMNS = ("config", "classes", "fit_info", "provenance", "timings")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One evaluated configuration: a (task, backbone, protocol, n_train, seed) with its metadata.
+
+    ``classes`` is the task's canonical class list; ``fit_info`` holds what the fit chose (e.g. ``C``);
+    ``timings`` holds seconds per stage. ``created_at`` (Unix time) is set at write time when None, and
+    ``id`` is None until the experiment is stored.
+    """
+
+    config_hash: str
+    task: str
+    backbone: str
+    protocol: str
+    metric: str
+    n_train: int | None = None
+    seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = field(default=(), repr=False)
+    fit_info: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    created_at: float | None = None
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if not self.config_hash:
+            raise ValueError("Experiment.config_hash must be a non-empty string")
+
+
+@dataclass(frozen=True, eq=False)
+class Predictions:
+    """Per-example predictions of one experiment, as parallel arrays.
+
+    ``ids``, ``y_true`` and ``y_pred`` hold strings (example ids and class names); ``score`` is the
+    confidence of ``y_pred`` (float64, NaN where unknown; None means all unknown); ``topk`` is an optional
+    ``(n, k)`` array of ranked predicted class names, best first.
+    """
+
+    ids: np.ndarray
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    score: np.ndarray | None = None
+    topk: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name in ("ids", "y_true", "y_pred"):
+            arr = np.asarray(getattr(self, name))
+            if arr.ndim != 1 or len(arr) != n or arr.dtype.kind not in "UO":
+                raise ValueError(
+                    f"Predictions.{name} must be a 1-D string array of length {n}, got {arr.dtype} {arr.shape}"
+                )
+            object.__setattr__(self, name, arr)
+        score = np.full(n, np.nan) if self.score is None else np.asarray(self.score, dtype=np.float64)
+        if score.shape != (n,):
+            raise ValueError(f"Predictions.score must have shape ({n},), got {score.shape}")
+        object.__setattr__(self, "score", score)
+        if self.topk is not None:
+            topk = np.asarray(self.topk)
+            if topk.ndim != 2 or topk.shape[0] != n or topk.dtype.kind not in "UO":
+                raise ValueError(
+                    f"Predictions.topk must be an ({n}, k) string array, got {topk.dtype} {topk.shape}"
+                )
+            object.__setattr__(self, "topk", topk)
+        if len(np.unique(self.ids)) != n:
+            raise ValueError("Predictions.ids must be unique: one prediction per test example")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store a {type(obj).__name__} as JSON: {obj!r}")
+
+
+def _dumps(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default)
+
+
+class _JsonStrings(dict[str, str]):
+    """Memo of JSON string literals: ``cache[label] == json.dumps(label)``."""
+
+    def __missing__(self, key: str) -> str:
+        value = self[key] = json.dumps(key, ensure_ascii=False)
+        return value
+
+
+def _prediction_rows(experiment_id: int, preds: Predictions) -> Iterator[tuple[object, ...]]:
+    """Rows of the predictions table, in example-id order (the primary-key order inserts fastest)."""
+    order = np.argsort(preds.ids, kind="stable")
+    ids = preds.ids[order].tolist()
+    y_true = preds.y_true[order].tolist()
+    y_pred = preds.y_pred[order].tolist()
+    score = preds.score[order].tolist()  # NaN binds as NULL
+    if preds.topk is None:
+        topk: list[str | None] = [None] * len(ids)
+    else:
+        # JSON-encode each distinct label once: 4x faster than json.dumps per row.
+        label = _JsonStrings()
+        topk = ["[" + ",".join(map(label.__getitem__, row)) + "]" for row in preds.topk[order].tolist()]
+    for row in zip(ids, y_true, y_pred, score, topk, strict=True):
+        yield (experiment_id, *row)
+
+
+def _check_path(path: Path) -> None:
+    """Raise ConfigError, before anything is written, when ``path`` cannot hold a writable store."""
+    fix = "pass a file path in a writable folder, e.g. --store results/lifebench.sqlite"
+    if path.is_dir():
+        raise ConfigError(f"results store path {path} is a folder; {fix}")
+    parent = path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the folder {parent} for results store {path} ({exc.strerror}); {fix}"
+            ) from exc
+    if not parent.is_dir():
+        raise ConfigError(f"results store path {path} lies under {parent}, which is not a folder; {fix}")
+    # WAL mode creates -wal and -shm files beside the database, so the folder itself must be writable.
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"the folder {parent} of results store {path} is not writable; {fix}")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"results store {path} is not readable and writable; fix its permissions or {fix}")
+
+
+def _set_wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL mode and return the journal mode now in force.
+
+    The switch needs an exclusive lock, and SQLite answers "database is locked" at once, without calling
+    the busy handler, when another process is switching the same new file at the same moment; so retry
+    here with a short random back-off, up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
+
+
+class Store:
+    """A results store backed by one SQLite file; safe to open from several processes at once.
+
+    Parameters
+    ----------
+    path:
+        The database file; created (with its folder) when missing.
+
+    Examples
+    --------
+    >>> with Store("results.sqlite") as store:            # doctest: +SKIP
+    ...     exp_id = store.write(experiment, predictions)
+    ...     preds = store.predictions(exp_id)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        _check_path(self.path)
+        self._pid = os.getpid()
+        self._conn: sqlite3.Connection | None = self._open()
+        self._inherited: sqlite3.Connection | None = None  # a parent's connection, kept open after a fork
+
+    # ---------------------------------------------------------------------------------------------- setup
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open results store {path} ({exc}); pass a writable file path") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # The first read of the file header: a file that is not SQLite fails here, before any write.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"results store {path} has schema version {version}, newer than this lifebench "
+                    f"understands ({SCHEMA_VERSION}); upgrade lifebench or use another store file"
+                )
+            mode = _set_wal(conn)
+            if mode.lower() != "wal":
+                logger.warning(
+                    "results store %s: journal_mode is %s, not WAL (file system without shared memory?)",
+                    path,
+                    mode,
+                )
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if version < SCHEMA_VERSION:
+                self._create_schema(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if "locked" in str(exc):
+                raise ConfigError(
+                    f"results store {path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s; "
+                    "retry when that process has finished writing"
+                ) from exc
+            raise ConfigError(
+                f"results store {path} cannot be used ({exc}); it must be a lifebench SQLite file in a "
+                "writable folder: pass another path or move this file away"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have created the schema while we waited for the lock.
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This process's connection (reopened after a fork, never shared with the parent)."""
+        if self._conn is None:
+            raise ConfigError(f"results store {self.path} is closed; open a new Store")
+        if os.getpid() != self._pid:
+            # Deliberately leave the parent's connection unclosed: closing it here could release the
+            # parent's POSIX locks on the file. Only the new connection is used in this process.
+            self._inherited = self._conn
+            self._pid = os.getpid()
+            self._conn = self._open()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection; further calls raise ConfigError."""
+        if self._conn is not None and os.getpid() == self._pid:
+            self._conn.close()
+        self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # ---------------------------------------------------------------------------------------------- writes
+
+    def write(self, exp: Experiment, preds: Predictions, replace: bool = False) -> int:
+        """Store ``exp`` and its predictions in one transaction; return the experiment id.
+
+        If ``exp.config_hash`` is already stored, nothing is written and the stored id is returned, unless
+        ``replace`` is True: then the old experiment and its predictions are deleted and the new one
+        inserted, in the same transaction. Any error leaves the store as it was.
+        """
+        created_at = time.time() if exp.created_at is None else float(exp.created_at)
+        values = {
+            "config_hash": exp.config_hash, "task": exp.task, "backbone": exp.backbone,
+            "protocol": exp.protocol, "metric": exp.metric,
+            "n_train": None if exp.n_train is None else int(exp.n_train), "seed": int(exp.seed),
+            "config": _dumps(exp.config), "classes": _dumps(list(exp.classes)),
+            "fit_info": _dumps(exp.fit_info), "provenance": _dumps(exp.provenance),
+            "timings": _dumps(exp.timings), "created_at": created_at,
+        }  # fmt: skip
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT id FROM experiments WHERE config_hash = ?", (exp.config_hash,)
+            ).fetchone()
+            if row is not None and not replace:
+                conn.execute("ROLLBACK")
+                logger.info(
+                    "experiment %s is already stored as id %d; not written again", exp.config_hash, row[0]
+                )
+                return int(row[0])
+            if row is not None:
+                conn.execute("DELETE FROM experiments WHERE id = ?", (row[0],))
+                logger.info("replacing stored experiment %s (id %d)", exp.config_hash, row[0])
+            columns = ", ".join(_EXPERIMENT_COLUMNS)
+            marks = ", ".join("?" for _ in _EXPERIMENT_COLUMNS)
+            cur = conn.execute(
+                f"INSERT INTO experiments ({columns}) VALUES ({marks})",
+                [values[c] for c in _EXPERIMENT_COLUMNS],
+            )
+            exp_id = cur.lastrowid
+            assert exp_id is not None
+            conn.executemany(
+                "INSERT INTO predictions (experiment_id, example_id, y_true, y_pred, score, topk) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                _prediction_rows(exp_id, preds),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        logger.debug("stored experiment %s as id %d with %d predictions", exp.config_hash, exp_id, len(preds))
+        return int(exp_id)
+
+    # ---------------------------------------------------------------------------------------------- reads
+
+    def has(self, config_hash: str) -> bool:
+        """Whether an experiment with this configuration hash is stored."""
+        row = self.conn.execute("SELECT 1 FROM experiments WHERE config_hash = ?", (config_hash,)).fetchone()
+        return row is not None
+
+    def get(self, config_hash: str) -> Experiment | None:
+        """The stored experiment with this configuration hash, or None."""
+        rows = self._select("WHERE config_hash = ?", (config_hash,))
+        return rows[0] if rows else None
+
+    def experiments(
+        self, task: str | None = None, backbone: str | None = None, protocol: str | None = None
+    ) -> list[Experiment]:
+        """Stored experiments, optionally filtered by task, backbone and protocol, in insertion order."""
+        filters = {"task": task, "backbone": backbone, "protocol": protocol}
+        used = {k: v for k, v in filters.items() if v is not None}
+        where = ("WHERE " + " AND ".join(f"{k} = ?" for k in used)) if used else ""
+        return self._select(where, tuple(used.values()))
+
+    def _select(self, where: str, params: tuple[object, ...]) -> list[Experiment]:
+        columns = ", ".join(("id", *_EXPERIMENT_COLUMNS))
+        cur = self.conn.execute(f"SELECT {columns} FROM experiments {where} ORDER BY id", params)
+        out = []
+        for row in cur.fetchall():
+            values = dict(zip(("id", *_EXPERIMENT_COLUMNS), row, strict=True))
+            for c in _JSON_COLUMNS:
+                values[c] = json.loads(values[c])
+            out.append(Experiment(**values))
+        return out
+
+    def predictions(self, experiment_id: int) -> Predictions:
+        """The predictions of one experiment, ordered by example id."""
+        conn = self.conn
+        if conn.execute("SELECT 1 FROM experiments WHERE id = ?", (experiment_id,)).fetchone() is None:
+            raise ConfigError(
+                f"results store {self.path} has no experiment with id {experiment_id!r}; list the stored ones "
+                "with Store.experiments()"
+            )
+        rows = conn.execute(
+            "SELECT example_id, y_true, y_pred, score, topk FROM predictions WHERE experiment_id = ? "
+            "ORDER BY example_id",
+            (experiment_id,),
+        ).fetchall()
+        if not rows:
+            empty = np.array([], dtype=str)
+            return Predictions(ids=empty, y_true=empty, y_pred=empty)
+        ids, y_true, y_pred, score, topk = zip(*rows, strict=True)
+        topk_arr = None
+        if topk[0] is not None:
+            if any(t is None for t in topk):
+                raise AssertionError(f"experiment {experiment_id} stores top-k labels for only some examples")
+            topk_arr = np.array(json.loads("[" + ",".join(topk) + "]"), dtype=str)
+        return Predictions(
+            ids=np.array(ids, dtype=str),
+            y_true=np.array(y_true, dtype=str),
+            y_pred=np.array(y_pred, dtype=str),
+            score=np.array(score, dtype=np.float64),
+            topk=topk_arr,
+        )

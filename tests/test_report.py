@@ -1,0 +1,273 @@
+"""Leaderboards from a synthetic store: points match scikit-learn, intervals are paired, ties are right."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from lifebench.errors import ConfigError, DataError, UnknownNameError
+from lifebench.metrics import resample_indices, task_seed
+from lifebench.report import Cell, Leaderboard, build_leaderboard
+from lifebench.store import Experiment, Predictions, Store
+
+CLASSES = np.array(["ant", "bee", "cod", "dace", "eel"])
+N = 400
+B = 500  # resamples: enough for stable ties, fast to run
+
+
+def truth(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return np.array([f"x{i:04d}" for i in range(n)]), CLASSES[rng.integers(0, len(CLASSES), n)]
+
+
+def predict(y_true: np.ndarray, correct: np.ndarray, seed: int) -> np.ndarray:
+    """``y_true`` where ``correct``, a different random class elsewhere."""
+    rng = np.random.default_rng(seed)
+    codes = np.searchsorted(CLASSES, y_true)
+    wrong = (codes + rng.integers(1, len(CLASSES), codes.size)) % len(CLASSES)
+    return CLASSES[np.where(correct, codes, wrong)]
+
+
+def three_models() -> dict[str, np.ndarray]:
+    """Predictions of a strong model, a near-copy of it, and a clearly weaker model."""
+    _, y = truth()
+    rng = np.random.default_rng(1)
+    strong = rng.random(N) < 0.85
+    copy = strong.copy()
+    right, wrong = np.flatnonzero(strong), np.flatnonzero(~strong)
+    copy[right[:4]] = False  # the copy breaks 4 examples and fixes 3: one fewer correct overall
+    copy[wrong[:3]] = True
+    weak = rng.random(N) < 0.65
+    return {"strong": predict(y, strong, 2), "copy": predict(y, copy, 3), "weak": predict(y, weak, 4)}
+
+
+def add(store: Store, task: str, backbone: str, ids, y_true, y_pred, *, metric="accuracy", protocol="logreg",
+        topk=None, created_at=None, classes=CLASSES) -> int:  # fmt: skip
+    exp = Experiment(
+        config_hash=f"{task}/{backbone}/{protocol}/{created_at}",
+        task=task, backbone=backbone, protocol=protocol, metric=metric,
+        classes=tuple(classes), created_at=created_at,
+    )  # fmt: skip
+    # Stored in shuffled order: alignment must not depend on write order.
+    order = np.random.default_rng(len(backbone)).permutation(len(ids))
+    preds = Predictions(ids[order], y_true[order], y_pred[order], topk=None if topk is None else topk[order])
+    return store.write(exp, preds)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "results.sqlite") as s:
+        ids, y = truth()
+        for name, pred in three_models().items():
+            add(s, "bugs", name, ids, y, pred)
+        yield s
+
+
+def cells_by_model(board: Leaderboard, task: str) -> dict[str, Cell]:
+    return {c.backbone: c for c in board.cells if c.task == task}
+
+
+def test_points_match_sklearn_and_ties(store: Store) -> None:
+    board = build_leaderboard(store, n_resamples=B, seed=0)
+    _, y = truth()
+    preds = three_models()
+    cells = cells_by_model(board, "bugs")
+    assert set(cells) == {"strong", "copy", "weak"}
+    for name, cell in cells.items():
+        assert cell.point == pytest.approx(accuracy_score(y, preds[name]), abs=1e-12)
+        assert cell.low <= cell.point <= cell.high and cell.low < cell.high
+        assert (cell.metric, cell.n_test, cell.protocol) == ("accuracy", N, "logreg")
+    assert cells["strong"].point - cells["copy"].point == pytest.approx(1 / N)
+    assert cells["weak"].point < cells["strong"].point - 0.1
+
+    assert cells["strong"].is_best and not cells["strong"].tied and cells["strong"].pvalue is None
+    assert cells["copy"].tied and not cells["copy"].is_best and cells["copy"].pvalue > 0.05
+    assert not cells["weak"].tied and not cells["weak"].is_best and cells["weak"].pvalue < 0.01
+    assert board.models() == [("strong", "logreg"), ("copy", "logreg"), ("weak", "logreg")]
+
+
+def test_interval_is_percentile_bootstrap_on_the_shared_task_resamples(store: Store) -> None:
+    board = build_leaderboard(store, n_resamples=B, seed=7, confidence=0.9)
+    ids, y = truth()
+    idx = resample_indices(N, B, task_seed("bugs", 7))  # ids are stored and aligned in sorted order
+    order = np.argsort(ids)
+    for name, pred in three_models().items():
+        hits = (y[order] == pred[order])[idx].mean(axis=1)
+        low, high = np.quantile(hits, [0.05, 0.95])
+        cell = cells_by_model(board, "bugs")[name]
+        assert (cell.low, cell.high) == pytest.approx((low, high), abs=1e-12)
+
+
+def test_own_metric_column_macro_f1(store: Store) -> None:
+    ids, y = truth(300, seed=9)
+    preds = {}
+    for k, name in enumerate(["strong", "weak"]):
+        correct = np.random.default_rng(20 + k).random(300) < (0.8 - 0.3 * k)
+        preds[name] = predict(y, correct, 30 + k)
+        add(store, "fish", name, ids, y, preds[name], metric="macro_f1")
+    board = build_leaderboard(store, n_resamples=B)
+    fish = cells_by_model(board, "fish")
+    for name, pred in preds.items():
+        assert fish[name].metric == "macro_f1"
+        assert fish[name].point == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    assert {c.metric for c in board.cells if c.task == "bugs"} == {"accuracy"}
+    # Forcing one metric for every task.
+    forced = build_leaderboard(store, n_resamples=B, metric="macro_f1", tasks=["bugs"])
+    _, y_bugs = truth()
+    for name, pred in three_models().items():
+        cell = cells_by_model(forced, "bugs")[name]
+        assert cell.metric == "macro_f1"
+        assert cell.point == pytest.approx(f1_score(y_bugs, pred, average="macro"), abs=1e-12)
+
+
+def test_intersection_of_test_ids_is_used_with_a_warning(store: Store, caplog) -> None:
+    ids, y = truth()
+    partial = three_models()["weak"]
+    keep = np.ones(N, bool)
+    keep[::40] = False  # 10 examples missing
+    add(store, "bugs", "partial", ids[keep], y[keep], partial[keep])
+    with caplog.at_level(logging.WARNING, logger="lifebench.report.leaderboard"):
+        board = build_leaderboard(store, n_resamples=B)
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert (
+        "partial/logreg: 390" in warning and "strong/logreg: 400" in warning and "390 they share" in warning
+    )
+    cells = cells_by_model(board, "bugs")
+    preds = three_models()
+    for name in ("strong", "copy", "weak"):
+        assert cells[name].n_test == 390
+        assert cells[name].point == pytest.approx(accuracy_score(y[keep], preds[name][keep]))
+    assert cells["partial"].point == pytest.approx(accuracy_score(y[keep], partial[keep]))
+
+
+def test_newest_experiment_per_model_is_used(tmp_path: Path, caplog) -> None:
+    ids, y = truth()
+    preds = three_models()
+    with Store(tmp_path / "r.sqlite") as s:
+        add(s, "bugs", "vit", ids, y, preds["weak"], created_at=100.0)
+        add(s, "bugs", "vit", ids, y, preds["strong"], created_at=200.0)
+        add(s, "bugs", "vit", ids, y, preds["copy"], created_at=150.0)
+        with caplog.at_level(logging.WARNING):
+            board = build_leaderboard(s, n_resamples=B)
+    assert "3 experiments of vit" in caplog.text
+    (cell,) = board.cells
+    assert cell.point == pytest.approx(accuracy_score(y, preds["strong"]))
+    assert cell.is_best and not cell.tied
+
+
+def test_top5_uses_stored_rankings(tmp_path: Path, caplog) -> None:
+    ids, y = truth()
+    rng = np.random.default_rng(3)
+    labels = np.append(CLASSES, "not-a-class")  # a ranked label outside the class list
+    ranked = {name: labels[np.argsort(rng.random((N, labels.size)), axis=1)[:, :5]] for name in ("a", "b")}
+    with Store(tmp_path / "r.sqlite") as s:
+        for name, topk in ranked.items():
+            add(s, "bugs", name, ids, y, topk[:, 0], topk=topk, metric="top5_accuracy")
+        add(s, "bugs", "no-ranking", ids, y, y, metric="top5_accuracy")
+        with caplog.at_level(logging.WARNING):
+            board = build_leaderboard(s, n_resamples=B)
+    assert "no-ranking/logreg stored no top-k labels" in caplog.text
+    cells = cells_by_model(board, "bugs")
+    assert set(cells) == {"a", "b"}
+    for name, topk in ranked.items():
+        want = np.mean([y[i] in topk[i] for i in range(N)])
+        assert 0.6 < want < 0.95  # the outside label sometimes takes a slot
+        assert cells[name].point == pytest.approx(want)
+
+
+def test_top5_with_fewer_than_five_classes(tmp_path: Path) -> None:
+    three = CLASSES[:3]
+    ids = np.array([f"x{i}" for i in range(60)])
+    y = three[np.arange(60) % 3]
+    topk = np.array([np.roll(three, i) for i in range(60)])  # every row ranks all three classes
+    with Store(tmp_path / "r.sqlite") as s:
+        add(s, "tiny", "m", ids, y, topk[:, 0], topk=topk, metric="top5_accuracy", classes=three)
+        (cell,) = build_leaderboard(s, n_resamples=50).cells
+    assert cell.point == 1.0
+
+
+def test_renderers_parse_back(store: Store, tmp_path: Path) -> None:
+    ids, y = truth()
+    add(store, "bugs", "strong", ids, y, three_models()["strong"], protocol="knn")
+    board = build_leaderboard(store, n_resamples=B, alpha=0.05)
+    by_row = {(c.backbone, c.protocol): c for c in board.cells}
+
+    md = board.to_markdown()
+    lines = md.splitlines()
+    assert lines[0].startswith("| model | bugs (accuracy, n=400) |")
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in lines[2:] if ln.startswith("| ")}
+    best = next(c for c in board.cells if c.is_best)
+    fmt = f"{best.point:.3f} [{best.low:.3f}, {best.high:.3f}]"
+    assert rows[f"{best.backbone} ({best.protocol})"] == f"**{fmt}**"
+    weak = by_row[("weak", "logreg")]
+    assert rows["weak (logreg)"] == f"{weak.point:.3f} [{weak.low:.3f}, {weak.high:.3f}]"
+    tied_labels = {f"{c.backbone} ({c.protocol})" for c in board.cells if c.tied}
+    assert "copy (logreg)" in tied_labels
+    assert all(rows[label].endswith("≈") for label in tied_labels)
+    assert "**bold**" in lines[-1] and "≈" in lines[-1]
+
+    text = board.to_text().splitlines()
+    table = text[: 2 + len(board.models())]
+    assert len({len(ln) for ln in table}) == 1  # aligned
+    assert text[2].startswith(f"{best.backbone} ({best.protocol})") and text[2].endswith("*")
+    assert any(ln.startswith("copy (logreg)") and ln.endswith("=") for ln in text)
+    assert any(ln.startswith("weak (logreg)") and ln.endswith(" ") for ln in text)
+
+    paths = board.write(tmp_path / "out" / "report")
+    assert set(paths) == {"md", "csv", "json"} and all(p.is_file() for p in paths.values())
+    assert board.to_markdown() in paths["md"].read_text()
+
+    with paths["csv"].open(newline="") as fh:
+        read = list(csv.DictReader(fh))
+    assert len(read) == len(board.cells)
+    for row, cell in zip(read, board.cells, strict=True):
+        assert (
+            row["backbone"] == cell.backbone and row["protocol"] == cell.protocol and row["task"] == cell.task
+        )
+        assert (
+            float(row["point"]) == cell.point
+            and float(row["low"]) == cell.low
+            and float(row["high"]) == cell.high
+        )
+        assert int(row["n_test"]) == cell.n_test
+        assert row["is_best"] == str(cell.is_best) and row["tied"] == str(cell.tied)
+        assert row["pvalue"] == ("" if cell.pvalue is None else repr(cell.pvalue))
+
+    data = json.loads(paths["json"].read_text())
+    assert data["meta"]["n_resamples"] == B and data["meta"]["alpha"] == 0.05 and data["meta"]["seed"] == 0
+    assert [Cell(**c) for c in data["cells"]] == list(board.cells)
+    assert [dataclasses.asdict(c) for c in board.cells] == data["cells"]
+
+
+def test_single_protocol_rows_are_backbones(store: Store) -> None:
+    board = build_leaderboard(store, n_resamples=B)
+    assert [board.label(*m) for m in board.models()] == ["strong", "copy", "weak"]
+
+
+def test_errors(tmp_path: Path, store: Store) -> None:
+    with pytest.raises(ConfigError, match="no results store at"):
+        build_leaderboard(tmp_path / "missing.sqlite")
+    with Store(tmp_path / "empty.sqlite") as empty, pytest.raises(ConfigError, match="holds no experiments"):
+        build_leaderboard(empty)
+    with pytest.raises(UnknownNameError, match="'bug'.*did you mean 'bugs'"):
+        build_leaderboard(store, tasks=["bug"])
+    with pytest.raises(UnknownNameError, match="metric"):
+        build_leaderboard(store, metric="acuracy")
+    ids, y = truth()
+    flipped = y.copy()
+    flipped[:5] = np.where(y[:5] == "ant", "bee", "ant")
+    add(store, "bugs", "stale", ids, flipped, y)
+    with pytest.raises(DataError, match="different true labels for 5 test examples"):
+        build_leaderboard(store, n_resamples=B)
+
+
+def test_build_from_a_path(store: Store) -> None:
+    board = build_leaderboard(store.path, n_resamples=B)
+    assert len(board.cells) == 3

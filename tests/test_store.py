@@ -1,0 +1,438 @@
+"""The SQLite results store and provenance: round trips, dedup, atomic writes, kill-safety, concurrency."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifebench.errors import ConfigError
+from lifebench.store import SCHEMA_VERSION, Experiment, Predictions, Store, collect
+from lifebench.store import provenance as provenance_mod
+from lifebench.store import sqlite as sqlite_mod
+
+CLASSES = ("ant", "bee", "cod", "dace")
+
+
+def make_preds(n: int, seed: int = 0, topk: bool = True) -> Predictions:
+    """Random predictions over CLASSES with ids given in shuffled order."""
+    rng = np.random.default_rng(seed)
+    classes = np.array(CLASSES)
+    ids = np.array([f"img/{i:06d}.jpg" for i in rng.permutation(n)])
+    ranked = np.array([rng.permutation(classes) for _ in range(n)]) if topk else None
+    return Predictions(
+        ids=ids,
+        y_true=classes[rng.integers(0, len(classes), n)],
+        y_pred=classes[rng.integers(0, len(classes), n)] if ranked is None else ranked[:, 0],
+        score=rng.random(n),
+        topk=ranked,
+    )
+
+
+def make_exp(config_hash: str, **kw: object) -> Experiment:
+    fields: dict = dict(task="toy", backbone="resnet", protocol="logreg", metric="macro_f1", classes=CLASSES)
+    fields.update(kw)
+    return Experiment(config_hash=config_hash, **fields)
+
+
+def count(path: Path, sql: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def assert_same(got: Predictions, want: Predictions) -> None:
+    """``got`` (read back, id order) holds exactly the rows of ``want`` (any order)."""
+    order = np.argsort(want.ids)
+    np.testing.assert_array_equal(got.ids, want.ids[order])
+    np.testing.assert_array_equal(got.y_true, want.y_true[order])
+    np.testing.assert_array_equal(got.y_pred, want.y_pred[order])
+    np.testing.assert_array_equal(got.score, want.score[order])  # NaN == NaN here
+    if want.topk is None:
+        assert got.topk is None
+    else:
+        np.testing.assert_array_equal(got.topk, want.topk[order])
+
+
+# ------------------------------------------------------------------------------------------------ basics
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    preds = make_preds(300)
+    preds.score[5] = np.nan  # unknown score -> NULL -> NaN
+    exp = make_exp(
+        "abc123",
+        n_train=16,
+        seed=3,
+        config={"backbone": {"id": "resnet", "pool": "avg"}, "batch": 32},
+        fit_info={"C": np.float64(0.5), "n_iter": np.int64(40), "grid": np.array([0.1, 1.0])},
+        provenance={"host": "x", "weird": 'quote " and é'},
+        timings={"embed": 1.5, "fit": 0.25},
+    )
+    with Store(tmp_path / "sub" / "results.sqlite") as store:
+        before = time.time()
+        exp_id = store.write(exp, preds)
+        got = store.get("abc123")
+        assert got is not None and got.id == exp_id
+        assert before <= got.created_at <= time.time()
+        assert got.classes == CLASSES
+        assert got.config == exp.config
+        assert got.fit_info == {"C": 0.5, "n_iter": 40, "grid": [0.1, 1.0]}
+        assert got.provenance == exp.provenance and got.timings == exp.timings
+        assert (got.task, got.backbone, got.protocol, got.metric, got.n_train, got.seed) == (
+            "toy", "resnet", "logreg", "macro_f1", 16, 3,
+        )  # fmt: skip
+        read = store.predictions(exp_id)
+        assert_same(read, preds)
+        assert np.isnan(read.score[list(read.ids).index(preds.ids[5])])
+        assert store.has("abc123") and not store.has("nope") and store.get("nope") is None
+
+        conn = store.conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_predictions_without_topk_and_filters(tmp_path: Path) -> None:
+    with Store(tmp_path / "r.sqlite") as store:
+        store.write(make_exp("a", backbone="vit"), make_preds(20, seed=1, topk=False))
+        store.write(make_exp("b", backbone="vit", protocol="knn"), make_preds(20, seed=2))
+        store.write(make_exp("c", task="other"), make_preds(20, seed=3))
+        read = store.predictions(store.get("a").id)
+        assert read.topk is None
+        assert_same(read, make_preds(20, seed=1, topk=False))
+        assert [e.config_hash for e in store.experiments()] == ["a", "b", "c"]
+        assert [e.config_hash for e in store.experiments(backbone="vit")] == ["a", "b"]
+        assert [e.config_hash for e in store.experiments(backbone="vit", protocol="knn")] == ["b"]
+        assert [e.config_hash for e in store.experiments(task="other")] == ["c"]
+        with pytest.raises(ConfigError, match="no experiment with id 999"):
+            store.predictions(999)
+    with pytest.raises(ConfigError, match="closed"):
+        store.has("a")
+
+
+def test_predictions_validation() -> None:
+    ids = np.array(["a", "a"])
+    with pytest.raises(ValueError, match="unique"):
+        Predictions(ids, np.array(["x", "y"]), np.array(["x", "y"]))
+    with pytest.raises(ValueError, match="y_pred"):
+        Predictions(np.array(["a", "b"]), np.array(["x", "y"]), np.array([0, 1]))
+
+
+def test_dedup_returns_existing_id_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        first = store.write(make_exp("h"), make_preds(50, seed=0))
+        again = store.write(make_exp("h", backbone="other"), make_preds(80, seed=1))
+        assert again == first
+        assert store.get("h").backbone == "resnet"
+        assert_same(store.predictions(first), make_preds(50, seed=0))
+    assert count(path, "SELECT COUNT(*) FROM experiments") == 1
+    assert count(path, "SELECT COUNT(*) FROM predictions") == 50
+
+
+def test_replace_swaps_experiment_and_predictions(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        old = store.write(make_exp("h"), make_preds(50, seed=0))
+        new = store.write(make_exp("h", backbone="other"), make_preds(80, seed=1), replace=True)
+        assert new != old
+        assert store.get("h").backbone == "other" and store.get("h").id == new
+        assert_same(store.predictions(new), make_preds(80, seed=1))
+    assert count(path, "SELECT COUNT(*) FROM experiments") == 1
+    assert count(path, f"SELECT COUNT(*) FROM predictions WHERE experiment_id = {old}") == 0
+    assert count(path, "SELECT COUNT(*) FROM predictions") == 80
+
+
+def test_failure_half_way_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "r.sqlite"
+    real_rows = sqlite_mod._prediction_rows
+
+    def failing_rows(exp_id: int, preds: Predictions):
+        for i, row in enumerate(real_rows(exp_id, preds)):
+            if i == len(preds) // 2:
+                raise RuntimeError("disk on fire")
+            yield row
+
+    with Store(path) as store:
+        kept = store.write(make_exp("kept"), make_preds(40, seed=5))
+        monkeypatch.setattr(sqlite_mod, "_prediction_rows", failing_rows)
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            store.write(make_exp("new"), make_preds(100))
+        # A failed replace keeps the old experiment and its predictions.
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            store.write(make_exp("kept", backbone="other"), make_preds(100), replace=True)
+        assert not store.has("new")
+        assert store.get("kept").backbone == "resnet" and store.get("kept").id == kept
+        assert_same(store.predictions(kept), make_preds(40, seed=5))
+        monkeypatch.setattr(sqlite_mod, "_prediction_rows", real_rows)
+        assert store.write(make_exp("new"), make_preds(100)) > kept  # the store is still usable
+    assert count(path, "SELECT COUNT(*) FROM predictions") == 140
+
+
+def test_150k_predictions_write_fast(tmp_path: Path) -> None:
+    n = 150_000
+    rng = np.random.default_rng(0)
+    classes = np.array([f"species_{i:04d}" for i in range(1000)])
+    preds = Predictions(
+        ids=np.array([f"img/{i:07d}.jpg" for i in rng.permutation(n)]),
+        y_true=classes[rng.integers(0, 1000, n)],
+        y_pred=classes[rng.integers(0, 1000, n)],
+        score=rng.random(n),
+        topk=classes[rng.integers(0, 1000, (n, 5))],
+    )
+    with Store(tmp_path / "r.sqlite") as store:
+        start = time.perf_counter()
+        exp_id = store.write(make_exp("big", classes=classes), preds)
+        elapsed = time.perf_counter() - start
+        assert len(store.predictions(exp_id)) == n
+    assert elapsed < 4.0, f"writing {n} predictions took {elapsed:.2f} s"
+
+
+# ------------------------------------------------------------------------------------------------ bad paths
+
+
+def test_path_is_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"{tmp_path}.*is a folder"):
+        Store(tmp_path)
+
+
+def test_path_under_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="file.txt"):
+        Store(blocker / "results.sqlite")
+    assert blocker.read_text() == "x"
+
+
+def test_not_a_database_is_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.sqlite"
+    content = b"these are my notes, not a database\n" * 200
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="notes.sqlite"):
+        Store(path)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.sqlite"]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(ConfigError, match="upgrade lifebench"):
+        Store(path)
+
+
+def test_unwritable_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.geteuid() == 0:  # root may write anyway: make the permission check see what a user would
+        real_access = os.access
+        monkeypatch.setattr(
+            sqlite_mod.os, "access", lambda p, mode: Path(p) != folder and real_access(p, mode)
+        )
+    try:
+        with pytest.raises(ConfigError, match=f"{folder} .*not writable"):
+            Store(folder / "r.sqlite")
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+
+def _write_then_hang(path: str, n: int, ready) -> None:  # child process
+    store = Store(path)
+    store.write(make_exp("kept"), make_preds(10))
+    preds = make_preds(n, topk=True)
+    ready.set()
+    store.write(make_exp("big"), preds)
+    ready.clear()  # reached only if the write finished before the kill
+
+
+def test_killed_writer_leaves_no_partial_experiment(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    wal = Path(f"{path}-wal")
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_write_then_hang, args=(str(path), 400_000, ready))
+    child.start()
+    try:
+        assert ready.wait(60), "child never started writing"
+        base = wal.stat().st_size
+        deadline = time.monotonic() + 20
+        while wal.stat().st_size < base + 2_000_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert wal.stat().st_size >= base + 2_000_000, "the big write never reached the WAL"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    assert ready.is_set()  # the write did not finish before the kill
+
+    with Store(path) as store:
+        assert store.has("kept") and not store.has("big")
+        conn = store.conn
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 10
+        assert store.write(make_exp("big"), make_preds(30)) > 0  # the hash is free again
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_its_own_connection(tmp_path: Path) -> None:
+    with Store(tmp_path / "r.sqlite") as store:
+        store.write(make_exp("parent"), make_preds(10))
+        pid = os.fork()
+        if pid == 0:  # child: write through the inherited Store, then leave without running pytest's exit
+            code = 1
+            try:
+                store.write(make_exp("child"), make_preds(20))
+                code = 0 if store.conn is not store._inherited and store.has("parent") else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.has("child")  # the parent's connection still works and sees the child's commit
+        assert_same(store.predictions(store.get("child").id), make_preds(20))
+
+
+def _concurrent_writer(path: str, k: int, barrier, results) -> None:  # child process
+    barrier.wait()
+    with Store(path) as store:  # all four open (and create) the same new file at once
+        own = [store.write(make_exp(f"own-{k}-{j}"), make_preds(2000, seed=10 * k + j)) for j in range(3)]
+        shared = store.write(make_exp("shared"), make_preds(1500, seed=100 + k))
+    results.put((k, own, shared))
+
+
+def test_concurrent_writers(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_writer, args=(str(path), k, barrier, results)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)  # the results are a few small tuples: the queue cannot block a child's exit
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    got = [results.get(timeout=10) for _ in procs]
+    assert len({shared for _, _, shared in got}) == 1  # every writer got the one stored id
+
+    with Store(path) as store:
+        hashes = [e.config_hash for e in store.experiments()]
+        assert sorted(hashes) == sorted([f"own-{k}-{j}" for k in range(4) for j in range(3)] + ["shared"])
+        for k, own, _ in got:
+            for j, exp_id in enumerate(own):
+                assert_same(store.predictions(exp_id), make_preds(2000, seed=10 * k + j))
+        stored = store.predictions(store.get("shared").id)
+        matches = []
+        for k in range(4):
+            try:
+                assert_same(stored, make_preds(1500, seed=100 + k))
+                matches.append(k)
+            except AssertionError:
+                pass
+        assert len(matches) == 1  # exactly one writer's predictions, never a mixture
+        assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert count(path, "SELECT COUNT(*) FROM predictions") == 12 * 2000 + 1500
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+
+
+def test_collect_records_versions_and_machine() -> None:
+    import numpy
+
+    prov = collect(device="cuda:0 (NVIDIA H100)")
+    json.dumps(prov)  # serialisable
+    assert prov["device"] == "cuda:0 (NVIDIA H100)"
+    assert prov["python"] == platform.python_version()
+    assert prov["packages"]["numpy"] == numpy.__version__
+    assert prov["lifebench"] == importlib.metadata.version("lifebench")
+    assert prov["argv"] == sys.argv
+    for name in provenance_mod.PACKAGES:
+        try:
+            assert prov["packages"][name] == importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            assert name not in prov["packages"]
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_git_outside_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(provenance_mod, "_package_dir", lambda: tmp_path)
+    prov = collect()
+    assert prov["git_commit"] is None and prov["git_dirty"] is None
+    monkeypatch.setattr(provenance_mod, "_package_dir", lambda: tmp_path / "missing")
+    assert collect()["git_commit"] is None
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    monkeypatch.setattr(provenance_mod, "_package_dir", lambda: tmp_path)
+    assert collect()["git_commit"] is None
+
+
+@pytest.mark.skipif(subprocess.run(["which", "git"], capture_output=True).returncode != 0, reason="no git")
+def test_git_inside_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    pkg = repo / "src" / "lifebench"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("x = 1\n")
+    _git(repo, "init", "-q")
+    monkeypatch.setattr(provenance_mod, "_package_dir", lambda: pkg)
+    # Not tracked yet: a copy of lifebench that merely sits inside some repository reports no commit.
+    (repo / "other.txt").write_text("o")
+    _git(repo, "add", "other.txt")
+    _git(repo, "commit", "-q", "-m", "other")
+    assert collect()["git_commit"] is None
+
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "pkg")
+    prov = collect()
+    assert prov["git_commit"] == _git(repo, "rev-parse", "HEAD") and len(prov["git_commit"]) == 40
+    assert prov["git_dirty"] is False
+    (pkg / "__init__.py").write_text("x = 2\n")
+    assert collect()["git_dirty"] is True
+
+
+def test_collect_imports_no_heavy_package_and_import_runs_no_git() -> None:
+    script = """
+import subprocess, sys
+calls = []
+real = subprocess.Popen
+class Spy(real):
+    def __init__(self, *a, **k):
+        calls.append(a[0] if a else k.get("args"))
+        super().__init__(*a, **k)
+subprocess.Popen = Spy
+import lifebench.store, lifebench.store.provenance
+assert calls == [], calls
+from lifebench.store import collect
+prov = collect("cpu")
+assert calls and calls[0][0] == "git", calls
+heavy = [m for m in ("torch", "torchvision", "timm", "transformers", "open_clip", "sklearn", "PIL") if m in sys.modules]
+assert not heavy, heavy
+assert prov["packages"]["torch"]
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
