@@ -52,7 +52,10 @@ def _add_common_run_options(p: argparse.ArgumentParser) -> None:
 def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=float, default=None,
                    help="test fraction per class when the data names no split (default 0.25; demo tasks 0.5)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the stratified split (default 0)")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="K-fold cross-fitting instead of one split, for data without a given split: every image is "
+                   "predicted once by a probe fit on the other folds (good for small collections)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split or folds (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,14 +143,21 @@ def _cache(args) -> Path | None:
     return args.cache_dir or cache_dir()
 
 
-def _resolve_tasks(names: list[str], test_size: float | None, split_seed: int, skip_bad_images: bool = False):
+def _resolve_tasks(args, names: list[str]):
     from lifebench.tasks import resolve_task
 
-    kw: dict[str, Any] = {"seed": split_seed, "skip_bad_images": skip_bad_images}
-    if test_size is not None:
-        if not 0 < test_size < 1:
-            raise ConfigError(f"--test-size {test_size} must be between 0 and 1, e.g. 0.25")
-        kw["test_size"] = test_size
+    kw: dict[str, Any] = {"seed": args.split_seed, "skip_bad_images": args.skip_bad_images}
+    if args.test_size is not None and args.folds is not None:
+        raise ConfigError("--test-size and --folds exclude each other: give one split or K folds")
+    if args.test_size is not None:
+        if not 0 < args.test_size < 1:
+            raise ConfigError(f"--test-size {args.test_size} must be between 0 and 1, e.g. 0.25")
+        kw["test_size"] = args.test_size
+        kw["n_folds"] = None
+    if args.folds is not None:
+        if args.folds < 2:
+            raise ConfigError(f"--folds {args.folds} must be at least 2, e.g. 5")
+        kw["n_folds"] = args.folds
     tasks, seen = [], set()
     for name in names:
         task = resolve_task(name, **kw)
@@ -163,10 +173,10 @@ def _check_resamples(n: int) -> None:
         raise ConfigError(f"--resamples {n} is too few for stable 95% intervals; use 1000 or more")
 
 
-def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None) -> None:
+def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None, metric: str | None = None) -> None:
     from lifebench.report import build_leaderboard
 
-    board = build_leaderboard(store, tasks=task_names, n_resamples=resamples)
+    board = build_leaderboard(store, tasks=task_names, n_resamples=resamples, metric=metric)
     print()
     print(board.to_text())
     if out_dir is not None:
@@ -186,7 +196,7 @@ def cmd_run(args) -> int:
     for p in protocols:
         PROTOCOLS.get(p)
     params = dict(_parse_param(p) for p in args.param)
-    tasks = _resolve_tasks(args.task, args.test_size, args.split_seed, args.skip_bad_images)
+    tasks = _resolve_tasks(args, args.task)
     store_path = args.store or default_store()
     with Store(store_path) as store:
         jobs = expand(tasks, models, protocols, params, args.seed or [0])
@@ -228,9 +238,9 @@ def cmd_demo(args) -> int:
     if task is None:
         task = synthetic.load(data_dir())
     s = task.summary()
-    counts = ", ".join(f"{c} {s['train_counts'][c] + s['test_counts'][c]}" for c in task.classes)
-    print(f"task {task.name}: {s['n_images']} images ({counts}); {s['n_train']} train / {s['n_test']} test, "
-          f"{s['split']}")
+    counts = ", ".join(f"{c} {n}" for c, n in s["counts"].items())
+    split = s["split"] if task.folds is not None else f"{s['n_train']} train / {s['n_test']} test, {s['split']}"
+    print(f"task {task.name}: {s['n_images']} images ({counts}); {split}")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     with Store(out / "results.sqlite") as store:
@@ -238,13 +248,21 @@ def cmd_demo(args) -> int:
         options = RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                              num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force)
         results = run_jobs(jobs, store, options)
-        for r in results:
-            c = r.fit_info.get("C")
-            extra = f", C={c:g} chosen on a held-out part of train" if isinstance(c, (int, float)) else ""
-            print(f"  {r.job.backbone:<20} {r.status}{extra}")
+        n_img = sum(r.n_encoded for r in results)
+        n_skip = sum(r.status == "skipped" for r in results)
+        print(f"{len(results) - n_skip} models evaluated, {n_skip} already in {out}/results.sqlite; "
+              f"{n_img} images through a model")
         _print_leaderboard(store, [task.name], args.resamples, out)
-        majority = max(s["test_counts"].values()) / s["n_test"]
-        print(f"majority-class accuracy on this test split: {majority:.3f}; total {time.perf_counter() - t0:.1f} s")
+        from lifebench.report import build_leaderboard
+
+        acc = build_leaderboard(store, tasks=[task.name], n_resamples=args.resamples, metric="accuracy")
+        print("\naccuracy:")
+        for cell in sorted(acc.cells, key=lambda c: -c.point):
+            print(f"  {cell.backbone:<20} {cell.point:.3f} [{cell.low:.3f}, {cell.high:.3f}]")
+        majority = max(s["counts"].values()) / s["n_images"] if task.folds is not None else \
+            max(s["test_counts"].values()) / s["n_test"]
+        print(f"  {'(majority class)':<20} {majority:.3f}")
+        print(f"\ntotal {time.perf_counter() - t0:.1f} s; results in {out}/")
     return 0
 
 
@@ -257,7 +275,7 @@ def cmd_embed(args) -> int:
     out: Path = args.out
     if out.suffix not in (".npy", ".parquet"):
         raise ConfigError(f"--out {out} must end in .npy or .parquet")
-    (task,) = _resolve_tasks([args.task], args.test_size, args.split_seed, args.skip_bad_images)
+    (task,) = _resolve_tasks(args, [args.task])
     backbone = load_backbone(canonical_id(args.model))
     emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                 num_workers=args.workers, skip_bad_images=args.skip_bad_images)

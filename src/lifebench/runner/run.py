@@ -70,6 +70,7 @@ def run_jobs(jobs: list[Job], store: Store, options: RunOptions) -> list[JobResu
     """Run ``jobs`` (grouped by backbone) and write each result to ``store``; returns one result per job."""
     results: list[JobResult] = []
     device = resolve_device(options.device)
+    provenance = collect_provenance(device=str(device))
     by_backbone: dict[str, list[Job]] = {}
     for job in jobs:
         by_backbone.setdefault(job.backbone, []).append(job)
@@ -98,42 +99,57 @@ def run_jobs(jobs: list[Job], store: Store, options: RunOptions) -> list[JobResu
             emb = embeddings[key]
             timings = {"load_backbone": load_s if first_use else 0.0,
                        "embed": emb.seconds if first_use else 0.0}
-            results.append(_run_one(job, emb, store, options, device, timings, first_use))
+            results.append(_run_one(job, emb, store, options, device, timings, first_use, provenance))
     return results
 
 
-def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, device, timings: dict,
-             first_use: bool) -> JobResult:
+def _fit_predict(job: Job, emb: Embeddings, train: np.ndarray, test: np.ndarray, device, timings: dict):
+    """Fit the job's protocol on ``train`` rows and score ``test`` rows; returns ranked codes, confidences, info."""
     task = job.task
-    labels = task.examples.labels
-    train = task.train_idx[emb.ok[task.train_idx]]
-    test = task.test_idx[emb.ok[task.test_idx]]
-    if len(train) < len(task.train_idx) or len(test) < len(task.test_idx):
-        log.warning("%s: left out %d train and %d test images that could not be read", task.name,
-                    len(task.train_idx) - len(train), len(task.test_idx) - len(test))
-    if len(np.unique(labels[train])) < 2:
-        raise DataError(f"task {task.name!r} has fewer than 2 classes with readable training images")
-    if len(test) == 0:
-        raise DataError(f"task {task.name!r} has no readable test images")
-    y_train = task.encode(labels[train])
-    params = job.param_dict
-    est = make_protocol(job.protocol, **params, random_state=job.seed, device=str(device))
+    y_train = task.encode(task.examples.labels[train])
+    est = make_protocol(job.protocol, **job.param_dict, random_state=job.seed, device=str(device))
     t = time.perf_counter()
     est.fit(emb.vectors[train], y_train)
-    timings["fit"] = time.perf_counter() - t
+    timings["fit"] = timings.get("fit", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
     scores = np.asarray(est.decision_function(emb.vectors[test]), dtype=np.float64)
-    if scores.ndim == 1:  # binary decision function: score of the positive class
+    if scores.ndim == 1:  # a binary decision function scores the positive class
         scores = np.stack([-scores, scores], axis=1)
-    proba = est.predict_proba(emb.vectors[test]) if hasattr(est, "predict_proba") else None
-    classes = np.asarray(est.classes_)
     order = np.argsort(-scores, axis=1, kind="stable")
-    pred_codes = classes[order[:, 0]]
-    y_pred = np.array(task.classes, dtype=object)[pred_codes].astype(str)
-    ranked = classes[order[:, : min(TOPK, len(classes))]]
-    topk = np.array(task.classes, dtype=object)[ranked].astype(str)
-    conf = (np.asarray(proba) if proba is not None else scores)[np.arange(len(test)), order[:, 0]]
-    timings["predict"] = time.perf_counter() - t
+    rows = np.arange(len(test))
+    confidence = est.predict_proba(emb.vectors[test]) if hasattr(est, "predict_proba") else scores
+    conf = np.asarray(confidence, dtype=np.float64)[rows, order[:, 0]]
+    timings["predict"] = timings.get("predict", 0.0) + time.perf_counter() - t
+    ranked = np.asarray(est.classes_)[order[:, : min(TOPK, order.shape[1])]]
+    return ranked, conf, fit_info(est)
+
+
+def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, device, timings: dict,
+             first_use: bool, provenance: dict) -> JobResult:
+    task = job.task
+    labels = task.examples.labels
+    names = np.array(task.classes, dtype=object)
+    parts, infos = [], []
+    for train_all, test_all in task.evaluation_splits():
+        train = train_all[emb.ok[train_all]]
+        test = test_all[emb.ok[test_all]]
+        if len(np.unique(labels[train])) < 2:
+            raise DataError(f"task {task.name!r} has fewer than 2 classes with readable training images")
+        if len(test) == 0:
+            continue
+        ranked, conf, info = _fit_predict(job, emb, train, test, device, timings)
+        parts.append((test, ranked, conf))
+        infos.append(info)
+    if not parts:
+        raise DataError(f"task {task.name!r} has no readable test images")
+    test = np.concatenate([p[0] for p in parts])
+    ranked = np.concatenate([np.pad(p[1], ((0, 0), (0, TOPK - p[1].shape[1])), constant_values=-1)
+                             if p[1].shape[1] < TOPK else p[1] for p in parts])
+    conf = np.concatenate([p[2] for p in parts])
+    width = min(TOPK, len(task.classes))
+    topk = names[ranked[:, :width]].astype(str)
+    info = infos[0] if len(infos) == 1 else {"folds": infos}
+    n_bad = int((~emb.ok).sum())
     exp = Experiment(
         id=None,
         config_hash=job.config_hash,
@@ -141,26 +157,23 @@ def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, devic
         backbone=job.backbone,
         protocol=job.protocol,
         metric=task.metric,
-        n_train=int(len(train)),
+        n_train=int(emb.ok[task.train_idx].sum()),
         seed=job.seed,
         config=job.config(),
         classes=list(task.classes),
-        fit_info={**fit_info(est), "n_bad_images": int((~emb.ok).sum()), "embedding_key": emb.key,
-                  "embedding_dim": int(emb.vectors.shape[1])},
-        provenance=collect_provenance(device=str(device)),
+        fit_info={**info, "n_bad_images": n_bad, "embedding_key": emb.key, "embedding_dim": int(emb.vectors.shape[1])},
+        provenance=provenance,
         timings=timings,
         created_at=time.time(),
     )
     preds = Predictions(
         ids=task.examples.ids[test].astype(str),
         y_true=labels[test].astype(str),
-        y_pred=y_pred,
-        score=conf.astype(np.float64),
+        y_pred=topk[:, 0],
+        score=conf,
         topk=topk,
     )
-    t = time.perf_counter()
     exp_id = store.write(exp, preds, replace=options.force)
-    timings["store"] = time.perf_counter() - t
     log.info("done: %s (fit %.2f s)", job.label(), timings["fit"])
     return JobResult(job, "done", experiment_id=exp_id, n_encoded=emb.n_encoded if first_use else 0,
                      timings=timings, fit_info=exp.fit_info)

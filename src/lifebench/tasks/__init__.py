@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from lifebench.errors import UnknownNameError
+from lifebench.errors import DataError, UnknownNameError
 from lifebench.registry import Registry
 from lifebench.tasks.base import Examples, Task
 from lifebench.tasks.folder import load_task
@@ -54,5 +54,8 @@ def resolve_task(name_or_path: str | os.PathLike[str], **kw: Any) -> Task:
         return load_task(text, **kw)
     if text in TASKS:
         return TASKS.get(text)(**kw)
+    if "/" in text or os.sep in text or text.lower().endswith((".csv", ".tsv", ".parquet")):
+        raise DataError(f"task path {text} does not exist; give a folder of class folders, a CSV/Parquet "
+                        "manifest, or a registered task name (lifebench ls tasks)")
     raise UnknownNameError("task", text, TASKS.names(),
                            hint=f"{text!r} is neither a registered task nor an existing path; {_HOW}")

@@ -88,10 +88,21 @@ class Task:
     description: str = ""
     split_source: str = "given"
     """"given" when the data named its splits, else how lifebench made them (for example "stratified 25%, seed 0")."""
+    folds: np.ndarray | None = None
+    """Cross-fitting instead of one split: fold number per example. Each fold is predicted by a probe fit on
+    the other folds, so every example is a test example once. ``train_idx`` then holds every example and
+    ``test_idx`` too. Good for small collections, where one split wastes half the images."""
 
     def __post_init__(self) -> None:
         if not self.classes:
             object.__setattr__(self, "classes", tuple(sorted(set(self.examples.labels.tolist()))))
+
+    def evaluation_splits(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(train indices, test indices) pairs to fit and predict: one pair, or one per fold."""
+        if self.folds is None:
+            return [(np.asarray(self.train_idx), np.asarray(self.test_idx))]
+        folds = np.asarray(self.folds)
+        return [(np.flatnonzero(folds != f), np.flatnonzero(folds == f)) for f in np.unique(folds)]
 
     @property
     def train(self) -> Examples:
@@ -115,6 +126,9 @@ class Task:
         h.update(np.asarray(self.train_idx, dtype=np.int64).tobytes())
         h.update(np.asarray(self.test_idx, dtype=np.int64).tobytes())
         h.update("\0".join(self.classes).encode())
+        if self.folds is not None:
+            h.update(b"folds")
+            h.update(np.asarray(self.folds, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> dict:
@@ -126,6 +140,7 @@ class Task:
             "n_train": len(self.train_idx),
             "n_test": len(self.test_idx),
             "n_classes": len(self.classes),
+            "counts": {c: int((self.examples.labels == c).sum()) for c in self.classes},
             "train_counts": {c: int((train_labels == c).sum()) for c in self.classes},
             "test_counts": {c: int((test_labels == c).sum()) for c in self.classes},
             "metric": self.metric,

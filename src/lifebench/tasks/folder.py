@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lifebench.errors import BadImageError, DataError
+from lifebench.errors import BadImageError, ConfigError, DataError
 from lifebench.tasks.base import Examples, Task
-from lifebench.tasks.split import describe_split, stratified_split
+from lifebench.tasks.split import make_split
 
 __all__ = ["COLUMN_ALIASES", "IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SIDECAR_EXTENSIONS", "load_task"]
 
@@ -74,6 +74,7 @@ def load_task(
     seed: int = 0,
     name: str | None = None,
     skip_bad_images: bool = False,
+    n_folds: int | None = None,
 ) -> Task:
     """Load a folder of class folders or a CSV/TSV/Parquet manifest as a task.
 
@@ -87,6 +88,9 @@ def load_task(
         Task name; defaults to the folder name or the manifest's file stem.
     skip_bad_images:
         Leave out empty (0-byte) image files with a warning instead of raising.
+    n_folds:
+        Cross-fitting instead of one split (data without a given split only): every image is predicted
+        once, by a probe fit on the other folds.
 
     Raises
     ------
@@ -106,7 +110,7 @@ def load_task(
                         f"{_LAYOUT_HELP} (.csv, .tsv or .parquet)")
     rows = _drop_empty_files(rows, skip_bad_images)
     task_name = name or (p.name if p.is_dir() else p.stem)
-    return _build_task(rows, task_name, p, test_size, seed, remove_hint)
+    return _build_task(rows, task_name, p, test_size, seed, remove_hint, n_folds)
 
 
 @dataclass
@@ -346,7 +350,8 @@ def _drop_empty_files(rows: _Rows, skip: bool) -> _Rows:
                  rows.test_name)
 
 
-def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: int, remove_hint: str) -> Task:
+def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: int, remove_hint: str,
+                n_folds: int | None = None) -> Task:
     if not rows.ids:
         raise DataError(f"no images found in {source}; expected <root>/<class>/<image>, or train/ and test/ "
                         "folders holding class folders, or a manifest with path and label columns")
@@ -365,21 +370,28 @@ def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: in
     if single:
         which = f"class {single[0]} has" if len(single) == 1 else f"classes {_few(single)} have"
         raise DataError(f"{which} only 1 image; a probe needs at least 2 per class: {remove_hint}")
-    if rows.splits is not None:
+    folds = None
+    if n_folds and (rows.splits is not None or examples.groups is not None):
+        what = "a given split" if rows.splits is not None else "a group column"
+        raise ConfigError(f"--folds {n_folds}: {source} has {what}; cross-fitting works on data without one, "
+                          "so drop --folds (or the column)")
+    if n_folds:
+        train_idx, test_idx, folds, split_source = make_split(labels, n_folds=n_folds, seed=seed)
+    elif rows.splits is not None:
         splits = arr(rows.splits)
         train_idx = np.flatnonzero(splits == "train").astype(np.int64)
         test_idx = np.flatnonzero(splits == "test").astype(np.int64)
         _check_given_split(source, labels, train_idx, test_idx, classes)
         split_source = "given" if rows.test_name == "test" else f"given ({rows.test_name} used as test)"
     else:
-        train_idx, test_idx = stratified_split(labels, test_size, seed, groups=examples.groups)
+        train_idx, test_idx, _, split_source = make_split(labels, test_size=test_size, seed=seed,
+                                                          groups=examples.groups)
         if len(test_idx) == 0:
             raise DataError(f"{source}: no split of the groups leaves images for both train and test; add groups, "
                             "or give the split yourself in a split column")
-        split_source = describe_split(test_size, seed, grouped=examples.groups is not None)
         _log_untested(source, labels, test_idx, classes)
     return Task(name=name, examples=examples, train_idx=train_idx, test_idx=test_idx, classes=classes,
-                metric="macro_f1", protocol="logreg", source=str(source), split_source=split_source)
+                metric="macro_f1", protocol="logreg", source=str(source), split_source=split_source, folds=folds)
 
 
 def _check_given_split(source: Path, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,

@@ -15,8 +15,11 @@ import numpy as np
 from lifebench.errors import ConfigError
 
 __all__ = [
+    "describe_folds",
     "describe_split",
+    "make_split",
     "n_test_for",
+    "stratified_folds",
     "stratified_split",
     "subsample_per_class",
     "subsample_total",
@@ -118,6 +121,46 @@ def _class_permutations(labels: ArrayLike, seed: int) -> list[np.ndarray]:
     _, y = np.unique(np.asarray(labels), return_inverse=True)
     y = y.reshape(-1)
     return [rng.permutation(np.flatnonzero(y == c)) for c in range(int(y.max()) + 1 if len(y) else 0)]
+
+
+def stratified_folds(labels: ArrayLike, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold number (0..n_folds-1) per example for cross-fitting, stratified by class.
+
+    Each class's images are shuffled and dealt round-robin, starting where the previous class stopped, so
+    every fold gets ``floor`` or ``ceil`` of each class's share and fold sizes differ by at most one. A class
+    with fewer images than folds is missing from some folds, which is fine: it is always in training.
+    """
+    _check_count("n_folds", n_folds)
+    if n_folds < 2:
+        raise ConfigError(f"n_folds {n_folds} must be at least 2; give e.g. 5")
+    n = len(np.asarray(labels))
+    folds = np.full(n, -1, dtype=np.int64)
+    start = 0
+    for perm in _class_permutations(labels, seed):
+        folds[perm] = (start + np.arange(len(perm))) % n_folds
+        start = (start + len(perm)) % n_folds
+    return folds
+
+
+def describe_folds(n_folds: int, seed: int) -> str:
+    """The ``Task.split_source`` text for cross-fitting with :func:`stratified_folds`."""
+    return f"{n_folds}-fold stratified cross-fitting, seed {seed}"
+
+
+def make_split(
+    labels: ArrayLike, *, n_folds: int | None = None, test_size: float = 0.25, seed: int = 0,
+    groups: ArrayLike | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """``(train_idx, test_idx, folds, description)`` for data without a given split.
+
+    With ``n_folds``: cross-fitting folds (``train_idx`` and ``test_idx`` then hold every index); otherwise one
+    stratified split (by group when ``groups`` is given).
+    """
+    if n_folds:
+        everything = np.arange(len(np.asarray(labels)), dtype=np.int64)
+        return everything, everything, stratified_folds(labels, n_folds, seed), describe_folds(n_folds, seed)
+    train_idx, test_idx = stratified_split(labels, test_size, seed, groups=groups)
+    return train_idx, test_idx, None, describe_split(test_size, seed, grouped=groups is not None)
 
 
 def subsample_per_class(labels: ArrayLike, n_per_class: int, seed: int = 0) -> np.ndarray:

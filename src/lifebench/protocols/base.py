@@ -1,0 +1,174 @@
+"""Shared pieces of the protocols: input checks, device and dtype resolution, label encoding, top-k.
+
+Every protocol is a scikit-learn classifier on a feature matrix ``X`` (n, D) and labels ``y`` (n,).
+Labels may be any sortable values (ints, strings); ``classes_`` is ``np.unique(y)`` and every score
+matrix has one column per entry of ``classes_``, in that order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from lifebench.errors import ConfigError, DataError
+
+__all__ = [
+    "TorchClassifier",
+    "as_features",
+    "encode_labels",
+    "iter_row_chunks",
+    "resolve_device",
+    "resolve_dtype",
+    "top_k",
+]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Return ``device`` as a ``torch.device``; asking for CUDA where there is none is a ConfigError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device; use 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} was asked for but CUDA is not available here; use device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Return the torch dtype named by ``dtype`` ("float32" or "float64")."""
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ConfigError(f"dtype {dtype!r} is not supported; use 'float32' or 'float64'")
+
+
+def as_features(
+    X: Any, *, dtype: torch.dtype, device: torch.device, n_features: int | None = None
+) -> torch.Tensor:
+    """Check a feature matrix and return it as a 2-D float tensor of ``dtype`` on ``device``.
+
+    Accepts numpy arrays (any float or int dtype, float16 included), nested lists and torch tensors.
+    The result may share memory with the input: callers must not modify it in place.
+
+    Raises:
+        DataError: ``X`` is not 2-D, is empty, holds NaN/inf, or has the wrong number of columns.
+    """
+    if isinstance(X, torch.Tensor):
+        t = X.detach()
+    else:
+        arr = np.asarray(X)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise DataError(
+                f"features must be numeric, got an array of dtype {arr.dtype}; pass a float matrix"
+            )
+        if arr.dtype not in (np.float16, np.float32, np.float64):
+            arr = arr.astype(np.float64)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim != 2:
+        raise DataError(f"features must be a 2-D (n_examples, n_features) matrix, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise DataError(f"features must be non-empty, got shape {tuple(t.shape)}")
+    if n_features is not None and t.shape[1] != n_features:
+        raise DataError(
+            f"features have {t.shape[1]} columns but the protocol was fitted on {n_features}; "
+            "use features from the same backbone for fit and predict"
+        )
+    t = t.to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise DataError("features contain NaN or infinite values; drop or repair those examples first")
+    return t
+
+
+def encode_labels(y: Any, n_examples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(classes, codes)`` with ``classes = np.unique(y)`` and ``classes[codes] == y``.
+
+    Raises:
+        DataError: ``y`` is not 1-D, does not match the number of examples, or holds missing values.
+    """
+    y_arr = np.asarray(y)
+    if y_arr.ndim != 1:
+        raise DataError(f"labels must be a 1-D array, got shape {y_arr.shape}; pass one label per example")
+    if y_arr.shape[0] != n_examples:
+        raise DataError(f"got {y_arr.shape[0]} labels for {n_examples} examples; pass one label per example")
+    if y_arr.dtype.kind == "f" and np.isnan(y_arr).any():
+        raise DataError("labels contain NaN; drop the unlabelled examples first")
+    try:
+        classes, codes = np.unique(y_arr, return_inverse=True)
+    except TypeError as exc:
+        raise DataError(f"labels must be mutually comparable (all ints or all strings): {exc}") from exc
+    return classes, codes.astype(np.int64).reshape(-1)
+
+
+def iter_row_chunks(n: int, chunk_size: int) -> Iterator[slice]:
+    """Yield slices that cover ``range(n)`` in consecutive blocks of at most ``chunk_size`` rows."""
+    assert chunk_size > 0
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(start + chunk_size, n))
+
+
+def top_k(scores: np.ndarray | torch.Tensor, k: int) -> np.ndarray:
+    """Rank classes by score: an (n, min(k, C)) int array of column indices, best first.
+
+    Equal scores are ranked by column index (lower first), so the ranking is deterministic.
+    Map the codes back to labels with ``estimator.classes_[codes]``.
+    """
+    s = scores.detach().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    if s.ndim != 2:
+        raise DataError(f"scores must be an (n_examples, n_classes) matrix, got shape {s.shape}")
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise ConfigError(f"k={k!r} must be a positive integer")
+    k = min(int(k), s.shape[1])
+    order = np.argsort(-s, axis=1, kind="stable")
+    return order[:, :k].astype(np.int64)
+
+
+class TorchClassifier(ClassifierMixin, BaseEstimator):
+    """Common base of the protocols: prediction from ``decision_function`` and parameter checks.
+
+    Subclasses implement ``fit``, ``_scores(X_tensor) -> torch.Tensor`` (n, C) and ``_check_params``,
+    and may override ``_fit_info``.
+    """
+
+    #: rows sent to the device at a time when scoring
+    _predict_chunk = 8192
+
+    def _check_params(self) -> None:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def _common_checks(self) -> tuple[torch.device, torch.dtype]:
+        return resolve_device(self.device), resolve_dtype(self.dtype)
+
+    def _fitted_features(self, X: Any) -> torch.Tensor:
+        check_is_fitted(self)
+        return as_features(X, dtype=self.dtype_, device=self.device_, n_features=self.n_features_in_)
+
+    def _scores(self, X: torch.Tensor) -> torch.Tensor:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def _all_scores(self, X: Any) -> torch.Tensor:
+        Xt = self._fitted_features(X)
+        out = [self._scores(Xt[sl]) for sl in iter_row_chunks(Xt.shape[0], self._predict_chunk)]
+        return torch.cat(out, dim=0)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Per-class scores, shape (n, n_classes); higher means more likely."""
+        return self._all_scores(X).cpu().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels (values of ``classes_``), shape (n,)."""
+        codes = self._all_scores(X).argmax(dim=1).cpu().numpy()
+        return self.classes_[codes]
+
+    def _fit_info(self) -> dict[str, Any]:
+        return {}

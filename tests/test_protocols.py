@@ -1,0 +1,379 @@
+"""Protocols checked against scikit-learn references (LogisticRegression, NearestCentroid, KNeighborsClassifier)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from lifebench.errors import ConfigError, DataError, UnknownNameError
+from lifebench.protocols import PROTOCOLS, fit_info, make_protocol, top_k
+from lifebench.protocols.knn import KNN
+from lifebench.protocols.logreg import DEFAULT_CS, LogisticProbe, _macro_f1, _stratified_holdout
+from lifebench.protocols.simpleshot import SimpleShot
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These problems are tiny; on a shared 2-core machine extra threads only spin and wait (60x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """load_digits scaled to [0, 1] (pixel counts / 16, exact in float16), split 70/30 stratified."""
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def _imbalanced(X, y, seed=0):
+    """Keep 8 + 12 * c examples of class c (8 to 116): a skewed subset."""
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: 8 + 12 * c] for c in np.unique(y)])
+    return X[keep], y[keep]
+
+
+# ---------------------------------------------------------------- LogisticProbe vs scikit-learn
+
+
+def _assert_same_model(ours: LogisticProbe, ref: LogisticRegression, X_test: np.ndarray) -> None:
+    agree = np.mean(ours.predict(X_test) == ref.predict(X_test))
+    assert agree >= 0.995
+    assert np.abs(ours.predict_proba(X_test) - ref.predict_proba(X_test)).max() < 1e-3
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-4)
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=1e-3)
+
+
+@pytest.mark.parametrize("C", [0.1, 1.0])
+def test_logreg_matches_sklearn(digits, C):
+    X_tr, X_te, y_tr, _ = digits
+    ref = LogisticRegression(C=C, tol=1e-8, max_iter=5000).fit(X_tr, y_tr)
+    ours = LogisticProbe(C=C, standardize=False, dtype="float64", tol=1e-8).fit(X_tr, y_tr)
+    assert ours.coef_.shape == (10, 64)
+    _assert_same_model(ours, ref, X_te)
+    assert ours.C_ == C and ours.val_scores_ == {}
+
+
+def test_logreg_balanced_class_weight_matches_sklearn(digits):
+    X_tr, X_te, y_tr, _ = digits
+    X_imb, y_imb = _imbalanced(X_tr, y_tr)
+    ref = LogisticRegression(C=1.0, class_weight="balanced", tol=1e-8, max_iter=5000).fit(X_imb, y_imb)
+    ours = LogisticProbe(C=1.0, class_weight="balanced", standardize=False, dtype="float64", tol=1e-8)
+    ours.fit(X_imb, y_imb)
+    _assert_same_model(ours, ref, X_te)
+    # the weights matter: the unweighted fit is a different model
+    plain = LogisticProbe(C=1.0, standardize=False, dtype="float64", tol=1e-8).fit(X_imb, y_imb)
+    assert np.abs(plain.coef_ - ours.coef_).max() > 1e-2
+
+
+def test_logreg_sample_weight_matches_sklearn(digits):
+    X_tr, X_te, y_tr, _ = digits
+    sw = np.random.default_rng(1).uniform(0.2, 3.0, size=len(y_tr))
+    ref = LogisticRegression(C=0.3, class_weight="balanced", tol=1e-8, max_iter=5000)
+    ref.fit(X_tr, y_tr, sample_weight=sw)
+    ours = LogisticProbe(C=0.3, class_weight="balanced", standardize=False, dtype="float64", tol=1e-8)
+    ours.fit(X_tr, y_tr, sample_weight=sw)
+    _assert_same_model(ours, ref, X_te)
+
+
+@pytest.mark.parametrize("C", [0.01, 1.0])
+def test_logreg_binary_matches_sklearn(digits, C):
+    X_tr, X_te, y_tr, y_te = digits
+    tr, te = np.isin(y_tr, [3, 8]), np.isin(y_te, [3, 8])
+    ref = LogisticRegression(C=C, tol=1e-8, max_iter=5000).fit(X_tr[tr], y_tr[tr])
+    ours = LogisticProbe(C=C, standardize=False, dtype="float64", tol=1e-8).fit(X_tr[tr], y_tr[tr])
+    assert ours.coef_.shape == (1, 64) and ours.decision_function(X_te[te]).shape == (te.sum(), 2)
+    _assert_same_model(ours, ref, X_te[te])
+
+
+def test_logreg_standardize_equals_scaler_pipeline(digits):
+    X_tr, X_te, y_tr, _ = digits
+    scaler = StandardScaler().fit(X_tr)
+    ref = LogisticRegression(C=0.1, tol=1e-8, max_iter=5000).fit(scaler.transform(X_tr), y_tr)
+    ours = LogisticProbe(C=0.1, standardize=True, dtype="float64", tol=1e-8).fit(X_tr, y_tr)
+    np.testing.assert_allclose(ours.mean_, scaler.mean_, atol=1e-12)
+    np.testing.assert_allclose(ours.scale_, scaler.scale_, atol=1e-12)
+    p_ref = ref.predict_proba(scaler.transform(X_te))
+    assert np.abs(ours.predict_proba(X_te) - p_ref).max() < 1e-3
+    # coef_ is documented to be in the original feature space: X @ coef_.T + intercept_ are the logits
+    logits = X_te @ ours.coef_.T + ours.intercept_
+    np.testing.assert_allclose(logits, ours.decision_function(X_te), atol=1e-8)
+    np.testing.assert_allclose(ours.coef_, ref.coef_ / scaler.scale_, atol=1e-3)
+
+
+def test_logreg_float16_input_default_float32(digits):
+    X_tr, X_te, y_tr, _ = digits
+    ref = LogisticRegression(C=1.0, tol=1e-8, max_iter=5000).fit(X_tr, y_tr)
+    ours = LogisticProbe(C=1.0, standardize=False).fit(X_tr.astype(np.float16), y_tr)
+    assert ours.decision_function(X_te.astype(np.float16)).dtype == np.float32
+    assert np.mean(ours.predict(X_te) == ref.predict(X_te)) >= 0.995
+    assert np.abs(ours.predict_proba(X_te) - ref.predict_proba(X_te)).max() < 5e-3
+
+
+# ---------------------------------------------------------------- choosing C
+
+
+def test_macro_f1_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 6, 200)
+    y_true[y_true == 4] = 2  # class 4 absent from the truth but predicted below
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 6, 200))
+    ref = f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro")
+    assert _macro_f1(y_true, y_pred, 6) == pytest.approx(ref, abs=1e-12)
+
+
+def test_stratified_holdout():
+    codes = np.repeat(np.arange(5), [1, 2, 5, 10, 23])
+    fit_a, val_a = _stratified_holdout(codes, 5, 0.2, np.random.RandomState(3))
+    fit_b, val_b = _stratified_holdout(codes, 5, 0.2, np.random.RandomState(3))
+    np.testing.assert_array_equal(val_a, val_b)
+    assert np.intersect1d(fit_a, val_a).size == 0 and np.union1d(fit_a, val_a).size == codes.size
+    # round(0.2 m), at least 1 and at most m - 1; the single-example class is never held out
+    np.testing.assert_array_equal(np.bincount(codes[val_a], minlength=5), [0, 1, 1, 2, 5])
+    assert set(codes[fit_a]) == set(range(5))
+
+
+def test_choose_C_reproduces_sklearn_validation_scores(digits):
+    X_tr, _, y_tr, _ = digits
+    grid = (0.001, 0.01, 0.1, 1.0)
+    probe = LogisticProbe(Cs=grid, dtype="float64", tol=1e-8, random_state=7).fit(X_tr, y_tr)
+    assert probe.C_ in grid and set(probe.val_scores_) == set(grid)
+    # recompute every held-out score with scikit-learn on the same split and standardisation
+    classes, codes = np.unique(y_tr, return_inverse=True)
+    fit_idx, val_idx = _stratified_holdout(codes, len(classes), 0.2, np.random.RandomState(7))
+    Z = StandardScaler().fit(X_tr).transform(X_tr)
+    expected = {}
+    for C in grid:
+        ref = LogisticRegression(C=C, tol=1e-8, max_iter=5000).fit(Z[fit_idx], y_tr[fit_idx])
+        pred = ref.predict(Z[val_idx])
+        expected[C] = f1_score(y_tr[val_idx], pred, labels=np.unique(y_tr[val_idx]), average="macro")
+        assert probe.val_scores_[C] == pytest.approx(expected[C], abs=0.005)
+    assert probe.C_ == max(grid, key=lambda c: (expected[c], -c))
+
+
+def test_choose_C_reproducible_refit_on_all_train_and_accurate(digits):
+    X_tr, X_te, y_tr, y_te = digits
+    a = LogisticProbe(random_state=0).fit(X_tr, y_tr)
+    b = LogisticProbe(random_state=0).fit(X_tr, y_tr)
+    assert a.C_ in DEFAULT_CS and len(a.val_scores_) == len(DEFAULT_CS)
+    assert a.C_ == b.C_ and a.val_scores_ == b.val_scores_
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert np.mean(a.predict(X_te) == y_te) >= 0.95
+    # the final model is the fit of all of train at the chosen C ...
+    full = LogisticProbe(C=a.C_, dtype="float32").fit(X_tr, y_tr)
+    np.testing.assert_allclose(a.predict_proba(X_te), full.predict_proba(X_te), atol=2e-3)
+    # ... not the model of the fitting part alone
+    classes, codes = np.unique(y_tr, return_inverse=True)
+    fit_idx, _ = _stratified_holdout(codes, len(classes), 0.2, np.random.RandomState(0))
+    part = LogisticProbe(C=a.C_).fit(X_tr[fit_idx], y_tr[fit_idx])
+    assert np.abs(part.predict_proba(X_te) - a.predict_proba(X_te)).max() > 1e-2
+    info = json.loads(json.dumps(fit_info(a)))
+    assert info["C"] == a.C_ and info["C_selected"] is True and info["n_iter"] == a.n_iter_
+    assert info["val_scores"] == {repr(c): s for c, s in a.val_scores_.items()}
+
+
+def test_choose_C_with_a_single_example_class(digits, caplog):
+    X_tr, X_te, y_tr, _ = digits
+    keep = np.concatenate([np.flatnonzero(y_tr != 9), np.flatnonzero(y_tr == 9)[:1]])
+    with caplog.at_level(logging.WARNING, logger="lifebench.protocols.logreg"):
+        probe = LogisticProbe(Cs=(0.01, 0.1, 1.0)).fit(X_tr[keep], y_tr[keep])
+    assert "1 of 10 classes have a single training example" in caplog.text
+    assert probe.C_ in (0.01, 0.1, 1.0)
+    assert list(probe.classes_) == list(range(10)) and probe.predict_proba(X_te).shape == (len(X_te), 10)
+
+
+def test_choose_C_with_nothing_to_hold_out(caplog):
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    with caplog.at_level(logging.WARNING, logger="lifebench.protocols.logreg"):
+        probe = LogisticProbe(Cs=(0.01, 3.0, 30.0)).fit(X, ["a", "b", "c", "d"])
+    assert "nothing can be held out" in caplog.text
+    assert probe.C_ == 3.0 and probe.val_scores_ == {}  # the grid value nearest 1 (log scale)
+
+
+# ---------------------------------------------------------------- SimpleShot and kNN
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=2.0, size=(4, 12))
+    y = rng.integers(0, 4, 240)
+    X = centres[y] + rng.normal(size=(240, 12)) + 3.0
+    return X[:160], y[:160], X[160:], y[160:]
+
+
+def test_simpleshot_matches_nearest_centroid(blobs):
+    X, y, Xq, _ = blobs
+    ss = SimpleShot(dtype="float64").fit(X, y)
+    mean = X.mean(0)
+
+    def cl2n(A):
+        return (A - mean) / np.linalg.norm(A - mean, axis=1, keepdims=True)
+
+    np.testing.assert_allclose(ss.mean_, mean, atol=1e-12)
+    np.testing.assert_allclose(ss.transform(Xq), cl2n(Xq), atol=1e-12)
+    ref = NearestCentroid().fit(cl2n(X), y)
+    np.testing.assert_allclose(ss.centroids_, ref.centroids_, atol=1e-12)
+    np.testing.assert_array_equal(ss.predict(Xq), ref.predict(cl2n(Xq)))
+    np.testing.assert_allclose(ss.decision_function(Xq), -cdist(cl2n(Xq), ref.centroids_), atol=1e-6)
+    ss32 = SimpleShot().fit(X, y)
+    assert np.mean(ss32.predict(Xq) == ref.predict(cl2n(Xq))) == 1.0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("weights", ["uniform", "distance"])
+def test_knn_matches_sklearn(blobs, metric, weights):
+    X, y, Xq, _ = blobs
+    ours = KNN(n_neighbors=5, metric=metric, weights=weights, batch_size=32).fit(X, y)
+    ref = KNeighborsClassifier(n_neighbors=5, metric=metric, weights=weights, algorithm="brute").fit(X, y)
+    d_ours, i_ours = ours.kneighbors(Xq)
+    d_ref, i_ref = ref.kneighbors(Xq)
+    np.testing.assert_array_equal(i_ours, i_ref)
+    np.testing.assert_allclose(d_ours, d_ref, rtol=1e-5, atol=1e-6)
+    p_ref = ref.predict_proba(Xq)
+    np.testing.assert_allclose(ours.predict_proba(Xq), p_ref, atol=1e-5)
+    np.testing.assert_allclose(ours.decision_function(Xq), p_ref, atol=1e-5)
+    top2 = np.sort(p_ref, axis=1)[:, -2:]
+    untied = top2[:, 1] - top2[:, 0] > 1e-6
+    assert untied.sum() >= 60
+    np.testing.assert_array_equal(ours.predict(Xq)[untied], ref.predict(Xq)[untied])
+
+
+def test_knn_tie_goes_to_the_nearer_neighbour():
+    X = np.array([[0.1], [0.2], [5.0]])
+    y = np.array(["b", "a", "a"])
+    knn = KNN(n_neighbors=2, metric="euclidean").fit(X, y)
+    # one vote each for "a" and "b"; "b" is nearer to 0 and nearer "a" to 0.3
+    assert list(knn.predict([[0.0], [0.3]])) == ["b", "a"]
+    np.testing.assert_allclose(knn.decision_function([[0.0]]), [[0.5, 0.5]])
+
+
+def test_knn_distance_weights_exact_match_takes_all_weight():
+    X = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [2.0, 2.0]])
+    knn = KNN(n_neighbors=3, metric="euclidean", weights="distance").fit(X, [1, 2, 2, 1])
+    ref = KNeighborsClassifier(n_neighbors=3, weights="distance", algorithm="brute").fit(X, [1, 2, 2, 1])
+    np.testing.assert_allclose(knn.predict_proba([[0.0, 1.0]]), ref.predict_proba([[0.0, 1.0]]))
+
+
+# ---------------------------------------------------------------- estimator basics, shared helpers
+
+
+PROTOCOL_INSTANCES = [
+    LogisticProbe(C=0.5, max_iter=200),
+    LogisticProbe(Cs=(0.1, 1.0)),
+    SimpleShot(),
+    KNN(n_neighbors=3),
+]
+
+
+@pytest.mark.parametrize("est", PROTOCOL_INSTANCES, ids=lambda e: type(e).__name__)
+def test_sklearn_basics_and_string_labels(blobs, est):
+    X, y, Xq, _ = blobs
+    names = np.array(["owl", "bee", "fern", "moss"])
+    params = est.get_params()
+    twin = clone(est)
+    assert twin.get_params() == params and twin is not est
+    assert clone(est).set_params(**params).get_params() == params
+    with pytest.raises(NotFittedError):
+        twin.predict(Xq)
+    with pytest.raises(NotFittedError):
+        twin.decision_function(Xq)
+    fitted = twin.fit(X.astype(np.float32), names[y])
+    assert fitted is twin
+    assert list(twin.classes_) == sorted(names)
+    scores = twin.decision_function(Xq)
+    assert scores.shape == (len(Xq), 4)
+    pred = twin.predict(Xq)
+    assert set(pred) <= set(names)
+    assert np.mean(pred == twin.classes_[scores.argmax(1)]) >= 0.95  # kNN may break vote ties differently
+    assert twin.score(Xq, names[blobs[3]]) > 0.8
+    assert json.loads(json.dumps(fit_info(twin))) == fit_info(twin)
+    with pytest.raises(DataError, match="columns"):
+        twin.predict(Xq[:, :5])
+
+
+@pytest.mark.parametrize("cls", [LogisticProbe, SimpleShot, KNN])
+def test_bad_data_raises_data_error(cls):
+    X = np.random.default_rng(0).normal(size=(10, 3))
+    bad = X.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        cls().fit(bad, np.arange(10) % 2)
+    with pytest.raises(DataError, match="9 labels for 10 examples"):
+        cls().fit(X, np.arange(9))
+    with pytest.raises(DataError, match="2-D"):
+        cls().fit(X[0], [0, 1, 0])
+    if cls is not KNN:  # a one-class kNN is well defined
+        with pytest.raises(DataError, match="at least two"):
+            cls().fit(X, np.zeros(10))
+
+
+def test_top_k_ranks_by_score_then_column():
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.5, 0.0]])
+    np.testing.assert_array_equal(top_k(scores, 2), [[1, 2], [0, 1]])
+    np.testing.assert_array_equal(top_k(torch.tensor(scores), 5), [[1, 2, 0], [0, 1, 2]])
+    rnd = np.random.default_rng(0).normal(size=(20, 8))
+    np.testing.assert_array_equal(top_k(rnd, 3), np.argsort(-rnd, axis=1)[:, :3])
+    with pytest.raises(ConfigError):
+        top_k(scores, 0)
+
+
+# ---------------------------------------------------------------- registry, make_protocol, devices
+
+
+def test_registry_and_make_protocol():
+    assert PROTOCOLS.names() == ["knn", "logreg", "simpleshot"]
+    assert all(PROTOCOLS.help(n) for n in PROTOCOLS)
+    est = make_protocol("logreg", C=0.1, class_weight="balanced")
+    assert isinstance(est, LogisticProbe) and est.C == 0.1 and est.class_weight == "balanced"
+    assert isinstance(make_protocol("knn", n_neighbors=1), KNN)
+    assert isinstance(make_protocol("simpleshot"), SimpleShot)
+
+
+def test_make_protocol_errors():
+    with pytest.raises(UnknownNameError, match="did you mean 'logreg'"):
+        make_protocol("logrg")
+    with pytest.raises(ConfigError, match=r"no parameter 'k'.*n_neighbors"):
+        make_protocol("knn", k=3)
+    with pytest.raises(ConfigError, match=r"no parameter 'c'; did you mean 'C'\?"):
+        make_protocol("logreg", c=1.0)
+    with pytest.raises(ConfigError, match="C=-1"):
+        make_protocol("logreg", C=-1)
+    with pytest.raises(ConfigError, match="metric='manhattan'"):
+        make_protocol("knn", metric="manhattan")
+    with pytest.raises(ConfigError, match="dtype"):
+        make_protocol("simpleshot", dtype="float16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
+def test_cuda_missing_is_a_config_error():
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        make_protocol("knn", device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["logreg", "simpleshot", "knn"])
+def test_cuda_matches_cpu(blobs, name):
+    X, y, Xq, _ = blobs
+    cpu = make_protocol(name, dtype="float64").fit(X, y)
+    gpu = make_protocol(name, dtype="float64", device="cuda").fit(X, y)
+    np.testing.assert_array_equal(cpu.predict(Xq), gpu.predict(Xq))
+    np.testing.assert_allclose(cpu.decision_function(Xq), gpu.decision_function(Xq), atol=1e-4)
