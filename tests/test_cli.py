@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_folder, write_image
 
+from conftest import make_folder, write_image
 from lifebench.cli import main
 
 

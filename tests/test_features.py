@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TinyBackbone, write_image
 
+from conftest import TinyBackbone, write_image
 from lifebench.errors import BadImageError
 from lifebench.features import embed
 from lifebench.images import load_rgb

@@ -35,6 +35,8 @@ KNOWN_SHA256 = {
     "2022.06.04-1": "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34",
 }
 STAMPS = "usr/share/tuxpaint/stamps"
+INSTALLED_STAMPS = Path("/") / STAMPS
+"""Used directly, without apt, when the package is installed."""
 CLASSES = {  # label -> folder under the stamps directory
     "bird": "animals/birds",
     "mammal": "animals/mammals",
@@ -112,7 +114,7 @@ def fetch(root: Path) -> Path:
     target = Path(root) / "tuxpaint"
     if (target / ".complete").exists():
         return target
-    installed = Path("/") / STAMPS
+    installed = INSTALLED_STAMPS
     Path(root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".tuxpaint-") as tmp:
         tmp = Path(tmp)
