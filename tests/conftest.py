@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ from PIL import Image
 
 from lifebench.backbones.base import Backbone, Preprocess
 
-# Keep test runs off the user's real cache and store.
-os.environ.setdefault("LIFEBENCH_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / "lifebench-test-cache"))
+# Keep test runs off the user's real cache, data and store; the test cache persists between runs on one machine.
+os.environ["LIFEBENCH_CACHE"] = str(Path(tempfile.gettempdir()) / "lifebench-test-cache")
+os.environ.pop("LIFEBENCH_DATA", None)
+os.environ.pop("LIFEBENCH_STORE", None)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

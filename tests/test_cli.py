@@ -174,3 +174,41 @@ def test_ls_lists_registries(capsys):
                            ("tasks", "tuxpaint-organisms")]:
         code, out, _ = run_cli(["ls", what], capsys)
         assert code == 0 and expected in out
+
+
+_SLOW_RUN = """
+import sys, time
+import lifebench.runner.run as run
+original = run._run_one
+def slow(*a, **k):
+    result = original(*a, **k)
+    print("stored", flush=True)
+    time.sleep(30)
+    return result
+run._run_one = slow
+from lifebench.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_run_resumes_without_losing_or_duplicating(env):
+    import signal
+    import time
+
+    data = make_folder(env / "data", per_class=6)
+    store = env / "store.sqlite"
+    args = ["run", "--task", str(data), "--model", "pixels", "--model", "random-vit", "--store", str(store),
+            "--workers", "0"]
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, *args], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.stdout.readline().strip() != "stored":
+        pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert n_experiments(store) == 1
+    with sqlite3.connect(store) as con:
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+    res = subprocess.run([sys.executable, "-m", "lifebench", *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "1 experiments run, 1 already in the store" in res.stdout
+    assert n_experiments(store) == 2
