@@ -21,9 +21,15 @@ class _LogProgress:
         self.n = 0
         self.t0 = time.perf_counter()
         self._next = max(1, total // 10)
+        self._last = self.t0
 
     def update(self, k: int = 1) -> None:
         self.n += k
+        if self.total <= 0:  # unknown total: a line every 10 s
+            if time.perf_counter() - self._last >= 10:
+                self._last = time.perf_counter()
+                log.info("%s: %d %s", self.desc, self.n, self.unit)
+            return
         if self.n >= self._next or self.n >= self.total:
             dt = max(time.perf_counter() - self.t0, 1e-9)
             rate = self.n / dt

@@ -1,0 +1,193 @@
+"""Resumable, verified downloads and safe archive extraction for dataset recipes.
+
+* ``download``: streams to ``<file>.part`` with a progress bar; an interrupted download resumes with an HTTP
+  Range request; the result is checked against a published MD5 or SHA-256 when the recipe has one, and
+  otherwise its SHA-256 is recorded in ``lifebench-checksums.json`` beside it on first download and checked
+  on every later use (trust on first use). Only a verified file gets its final name.
+* ``extract``: tar (gz, bz2, xz) and zip archives into a staging folder, refusing any member that would land
+  outside the target (absolute paths, ``..``, links that escape); the staging folder is renamed into place
+  only when extraction finished, so a full disk or a kill never leaves a folder that looks complete.
+
+pooch (the usual choice) cannot resume an interrupted download, which matters for 40 GB archives, so the
+HTTP part uses the standard library; Hugging Face datasets go through huggingface_hub, which resumes itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from lifebench.errors import DataError
+from lifebench.progress import progress
+
+__all__ = ["CHECKSUMS_FILE", "download", "extract", "file_digest"]
+
+log = logging.getLogger(__name__)
+
+CHECKSUMS_FILE = "lifebench-checksums.json"
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _recorded(dest: Path) -> dict[str, str]:
+    p = dest.parent / CHECKSUMS_FILE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(dest: Path, sha256: str) -> None:
+    table = _recorded(dest)
+    table[dest.name] = sha256
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=CHECKSUMS_FILE, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(table, f, indent=1, sort_keys=True)
+    os.replace(tmp, dest.parent / CHECKSUMS_FILE)
+
+
+def _verify(path: Path, url: str, sha256: str | None, md5: str | None, recorded: str | None) -> str:
+    digest = file_digest(path, "sha256")
+    for name, expected, got in (("sha256", sha256, digest), ("md5", md5, file_digest(path, "md5") if md5 else None),
+                                ("recorded sha256", recorded, digest)):
+        if expected and got != expected.lower():
+            raise DataError(f"checksum mismatch for {path.name} from {url}: {name} {got}, expected {expected}; "
+                            f"the file was removed, run the download again (if it keeps failing the source changed)")
+    return digest
+
+
+def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, md5: str | None = None,
+             show_progress: bool = True, timeout: float = 60.0, retries: int = 3) -> Path:
+    """Download ``url`` to ``dest`` (resuming a partial ``dest.part``), verify it, and return ``dest``.
+
+    Idempotent: an existing ``dest`` is re-verified (published hash, else the recorded SHA-256) and kept.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        try:
+            _verify(dest, url, sha256, md5, _recorded(dest).get(dest.name))
+            return dest
+        except DataError:
+            dest.unlink()
+            raise
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _stream(url, part, timeout, show_progress)
+            break
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError, OSError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise DataError(f"disk full while downloading {dest.name} to {dest.parent}; free space and rerun "
+                                "(the partial file is kept and will resume)") from None
+            if isinstance(e, urllib.error.HTTPError) and e.code < 500 and e.code != 429:
+                raise DataError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+            if attempt == retries:
+                raise DataError(f"cannot download {url} after {retries + 1} attempts ({e}); check the network and "
+                                "rerun: the partial file is kept and will resume") from None
+            wait = 2.0**attempt
+            log.warning("download of %s interrupted (%s); resuming in %.0f s", dest.name, e, wait)
+            time.sleep(wait)
+    try:
+        digest = _verify(part, url, sha256, md5, None)
+    except DataError:
+        part.unlink(missing_ok=True)
+        raise
+    if not sha256 and not md5:
+        _record(dest, digest)
+        log.info("recorded sha256 %s for %s (no published checksum); later uses are checked against it",
+                 digest, dest.name)
+    os.replace(part, dest)
+    return dest
+
+
+def _stream(url: str, part: Path, timeout: float, show_progress: bool) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - recipe URLs are http(s)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # nothing left to send: the part file is already complete
+            return
+        raise
+    with resp:
+        if have and resp.status != 206:
+            log.info("server ignored the resume request for %s; starting over", part.name)
+            have = 0
+        total = resp.headers.get("Content-Length")
+        total = int(total) + have if total is not None else None
+        mode = "ab" if have else "wb"
+        with open(part, mode) as f, progress(total or 0, f"download {part.name[:-5]}", "B", show_progress) as bar:
+            bar.update(have)
+            while block := resp.read(_CHUNK):
+                f.write(block)
+                bar.update(len(block))
+    if total is not None and part.stat().st_size < total:
+        raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
+
+
+def _safe_members_tar(tar: tarfile.TarFile, archive: Path):
+    for m in tar.getmembers():
+        name = Path(m.name)
+        if name.is_absolute() or ".." in name.parts:
+            raise DataError(f"{archive.name}: member {m.name!r} would be written outside the target; not extracting")
+        if (m.issym() or m.islnk()) and (Path(m.linkname).is_absolute() or ".." in Path(m.linkname).parts):
+            raise DataError(f"{archive.name}: link {m.name!r} -> {m.linkname!r} escapes the target; not extracting")
+        yield m
+
+
+def extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Extract ``archive`` so that ``target`` holds its contents; idempotent (a finished target is kept)."""
+    archive, target = Path(archive), Path(target)
+    marker = target / ".lifebench-extracted"
+    if marker.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.extracting-"))
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    p = Path(name)
+                    if p.is_absolute() or ".." in p.parts:
+                        raise DataError(f"{archive.name}: member {name!r} would be written outside the target; "
+                                        "not extracting")
+                z.extractall(staging)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tar:
+                tar.extractall(staging, members=list(_safe_members_tar(tar, archive)), filter="data")
+        else:
+            raise DataError(f"{archive} is neither a zip nor a tar archive; delete it and download again")
+        (staging / marker.name).write_text(f"{archive.name}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise DataError(f"disk full while extracting {archive.name} into {target.parent}; free space and rerun "
+                            "(nothing was left behind)") from None
+        raise DataError(f"cannot extract {archive.name}: {e}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
