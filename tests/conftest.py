@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,11 +15,15 @@ from PIL import Image
 
 from lifebench.backbones.base import Backbone, Preprocess
 
-# Keep test runs off the user's real cache, data and store; the test cache persists between runs on one machine.
-os.environ["LIFEBENCH_CACHE"] = str(Path(tempfile.gettempdir()) / "lifebench-test-cache")
-os.environ.pop("LIFEBENCH_DATA", None)
+# Keep test runs off the user's real cache, data and store. Embeddings go to a fresh folder per test session, so
+# no test ever reads vectors computed by an older version of the code; downloaded data (the demo photos) is kept
+# between sessions on one machine.
+os.environ["LIFEBENCH_CACHE"] = tempfile.mkdtemp(prefix="lifebench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["LIFEBENCH_CACHE"], ignore_errors=True)
+os.environ["LIFEBENCH_DATA"] = str(Path(tempfile.gettempdir()) / "lifebench-test-data")
 os.environ.pop("LIFEBENCH_STORE", None)
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny matrices: one thread avoids oversubscribing a 2-core machine (which made small fits 100x slower).
+torch.set_num_threads(1)
 
 
 def write_image(path: Path, rng: np.random.Generator, size=(40, 32), colour=None) -> Path:

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="export embeddings of a task's images (npy or Parquet)",
                        description="Embed every image of TASK with MODEL and write the vectors. .npy writes an "
-                       "(n, D) float32 array plus a sidecar CSV <out>.ids.csv (row, id, label, split); .parquet writes "
+                       "(n, D) float32 array plus a sidecar CSV with the same stem, <stem>.ids.csv (row, id, label, split); .parquet writes "
                        "one row per image with columns id, label, split, path, embedding.")
     p.add_argument("--task", required=True, help="folder, manifest or task name")
     p.add_argument("--model", required=True, help="backbone id")
@@ -186,16 +186,19 @@ def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None, 
 
 def cmd_run(args) -> int:
     from lifebench.backbones import canonical_id
-    from lifebench.protocols import PROTOCOLS
+    from lifebench.protocols import make_protocol
     from lifebench.runner import RunOptions, expand, plan_status, run_jobs
     from lifebench.store import Store
 
     _check_resamples(args.resamples)
     models = [canonical_id(m) for m in args.model]
     protocols = args.protocol or ["logreg"]
-    for p in protocols:
-        PROTOCOLS.get(p)
     params = dict(_parse_param(p) for p in args.param)
+    for reserved, option in (("random_state", "--seed"), ("device", "--device")):
+        if reserved in params:
+            raise ConfigError(f"--param {reserved}=... is set by lifebench; use {option} instead")
+    for p in protocols:  # unknown protocols and parameters fail now, before any model is loaded
+        make_protocol(p, **params)
     tasks = _resolve_tasks(args, args.task)
     store_path = args.store or default_store()
     with Store(store_path) as store:
@@ -235,6 +238,7 @@ def cmd_demo(args) -> int:
             task = tuxpaint.load(data_dir())
         except tuxpaint.DataUnavailable as e:
             print(f"lifebench demo: {e}; running on a generated shapes task instead", file=sys.stderr)
+            print("note: the real-photo demo could not run here; the scores below are on generated shapes")
     if task is None:
         task = synthetic.load(data_dir())
     s = task.summary()
@@ -271,6 +275,7 @@ def cmd_embed(args) -> int:
 
     from lifebench.backbones import canonical_id, load_backbone
     from lifebench.features import embed
+    from lifebench.fsutil import atomic_write
 
     out: Path = args.out
     if out.suffix not in (".npy", ".parquet"):
@@ -279,21 +284,25 @@ def cmd_embed(args) -> int:
     backbone = load_backbone(canonical_id(args.model))
     emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                 num_workers=args.workers, skip_bad_images=args.skip_bad_images)
-    split = np.full(len(task.examples), "train", dtype=object)
-    split[task.test_idx] = "test"
+    if task.folds is not None:
+        split = np.array([f"fold{f}" for f in task.folds], dtype=object)
+    else:
+        split = np.full(len(task.examples), "", dtype=object)
+        split[task.train_idx] = "train"
+        split[task.test_idx] = "test"
     keep = np.flatnonzero(emb.ok)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
     if out.suffix == ".npy":
         import csv
+        import io
 
-        np.save(tmp.open("wb"), emb.vectors[keep])
-        ids_path = out.with_suffix(".ids.csv")
-        with ids_path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["row", "id", "label", "split"])
-            for row, i in enumerate(keep):
-                w.writerow([row, task.examples.ids[i], task.examples.labels[i], split[i]])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["row", "id", "label", "split"])
+        for row, i in enumerate(keep):
+            w.writerow([row, task.examples.ids[i], task.examples.labels[i], split[i]])
+        atomic_write(out.with_suffix(".ids.csv"), lambda f: f.write(buf.getvalue().encode()))
+        atomic_write(out, lambda f: np.save(f, emb.vectors[keep]))
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -304,8 +313,7 @@ def cmd_embed(args) -> int:
             "split": split[keep].astype(str), "path": task.examples.paths[keep].astype(str),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), vec.shape[1]),
         })
-        pq.write_table(table, tmp)
-    tmp.replace(out)
+        atomic_write(out, lambda f: pq.write_table(table, f))
     print(f"wrote {len(keep)} x {emb.vectors.shape[1]} embeddings of {task.name} by {backbone.id} to {out}"
           f"{' (from cache)' if emb.from_cache else ''}")
     return 0
@@ -373,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     except LifebenchError as e:
         print(f"lifebench: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # permission denied, disk full, ...: the user's environment, not a lifebench bug
+        where = f": {e.filename}" if e.filename else ""
+        print(f"lifebench: error: {e.strerror or e}{where}; check the path and its permissions or free space",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lifebench: interrupted; finished experiments and cache entries are kept", file=sys.stderr)
         return 130

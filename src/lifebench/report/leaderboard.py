@@ -66,6 +66,8 @@ class Cell:
     is_best: bool
     tied: bool
     pvalue: float | None
+    widened: bool = False
+    """True when the percentile interval excluded the point estimate and was widened to include it."""
 
 
 def _fmt(cell: Cell) -> str:
@@ -221,9 +223,30 @@ class Leaderboard:
 # ---------------------------------------------------------------------------------------------- building
 
 
+def _same_data(task: str, exps: list[Experiment]) -> list[Experiment]:
+    """Only the experiments on the task's newest data (manifest, split, classes): never pair across datasets.
+
+    Two different folders with the same name, a changed folder, or another split all share a task name but
+    not a ``task_manifest``; comparing their predictions would pair unrelated examples.
+    """
+    if not exps:
+        return exps
+    newest = max(exps, key=lambda e: (e.created_at or 0.0, e.id or 0))
+    manifest = newest.config.get("task_manifest")
+    kept = [e for e in exps if e.config.get("task_manifest") == manifest]
+    if len(kept) < len(exps):
+        others = sorted({f"{e.backbone}/{e.protocol}" for e in exps if e not in kept})
+        logger.warning(
+            "task %s: left out %d experiments on other data of the same name (a changed folder, another split or "
+            "another dataset: %s); rerun them on the current data to compare", task, len(exps) - len(kept),
+            ", ".join(others),
+        )  # fmt: skip
+    return kept
+
+
 def _newest_per_model(task: str, exps: Iterable[Experiment]) -> list[Experiment]:
     by_model: dict[tuple[str, str], list[Experiment]] = defaultdict(list)
-    for e in exps:
+    for e in _same_data(task, list(exps)):
         by_model[(e.backbone, e.protocol)].append(e)
     kept = []
     for (backbone, protocol), group in sorted(by_model.items()):
@@ -353,6 +376,7 @@ def _score_task(
                 is_best=key == best,
                 tied=key != best and key in tied,
                 pvalue=None if key == best else pvalues[key],
+                widened=est.widened,
             )
         )
     return cells

@@ -17,7 +17,7 @@ import numpy as np
 from lifebench.backbones import load_backbone
 from lifebench.errors import DataError
 from lifebench.features import Embeddings, embed, resolve_device
-from lifebench.protocols import fit_info, make_protocol
+from lifebench.protocols import fit_info, make_protocol, top_k
 from lifebench.runner.plan import Job
 from lifebench.store import Experiment, Predictions, Store
 from lifebench.store.provenance import collect as collect_provenance
@@ -44,12 +44,21 @@ class RunOptions:
 class JobResult:
     job: Job
     status: str
-    """"done" (ran now), "skipped" (already in the store) or "failed"."""
+    """"done" (ran now) or "skipped" (already in the store). A job that fails raises, stopping the run."""
     experiment_id: int | None = None
     n_encoded: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     fit_info: dict = field(default_factory=dict)
-    error: str = ""
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    import platform
+
+    return f"cpu {platform.processor() or platform.machine()}"
 
 
 def plan_status(jobs: list[Job], store: Store, force: bool = False) -> list[tuple[Job, str]]:
@@ -70,16 +79,19 @@ def run_jobs(jobs: list[Job], store: Store, options: RunOptions) -> list[JobResu
     """Run ``jobs`` (grouped by backbone) and write each result to ``store``; returns one result per job."""
     results: list[JobResult] = []
     device = resolve_device(options.device)
-    provenance = collect_provenance(device=str(device))
+    provenance = collect_provenance(device=_device_name(device))
     by_backbone: dict[str, list[Job]] = {}
     for job in jobs:
         by_backbone.setdefault(job.backbone, []).append(job)
     for backbone_id, group in by_backbone.items():
-        todo = [j for j in group if options.force or not store.has(j.config_hash)]
+        todo = []
         for j in group:
-            if j not in todo:
+            done = None if options.force else store.get(j.config_hash)
+            if done is None:
+                todo.append(j)
+            else:
                 log.info("skip (already in the store): %s", j.label())
-                results.append(JobResult(j, "skipped", experiment_id=store.get(j.config_hash).id))
+                results.append(JobResult(j, "skipped", experiment_id=done.id))
         if not todo:
             continue
         t0 = time.perf_counter()
@@ -99,7 +111,8 @@ def run_jobs(jobs: list[Job], store: Store, options: RunOptions) -> list[JobResu
             emb = embeddings[key]
             timings = {"load_backbone": load_s if first_use else 0.0,
                        "embed": emb.seconds if first_use else 0.0}
-            results.append(_run_one(job, emb, store, options, device, timings, first_use, provenance))
+            results.append(_run_one(job, emb, store, options, device, timings, first_use, provenance,
+                                    backbone.fingerprint))
     return results
 
 
@@ -112,20 +125,24 @@ def _fit_predict(job: Job, emb: Embeddings, train: np.ndarray, test: np.ndarray,
     est.fit(emb.vectors[train], y_train)
     timings["fit"] = timings.get("fit", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
-    scores = np.asarray(est.decision_function(emb.vectors[test]), dtype=np.float64)
+    X = emb.vectors[test]
+    scores = np.asarray(est.decision_function(X), dtype=np.float64)
     if scores.ndim == 1:  # a binary decision function scores the positive class
         scores = np.stack([-scores, scores], axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    rows = np.arange(len(test))
-    confidence = est.predict_proba(emb.vectors[test]) if hasattr(est, "predict_proba") else scores
-    conf = np.asarray(confidence, dtype=np.float64)[rows, order[:, 0]]
+    classes = np.asarray(est.classes_)
+    # Rank by score, but the first choice is always the estimator's own prediction (its tie-breaking rule).
+    predicted = np.searchsorted(classes, est.predict(X))
+    bumped = scores.copy()
+    bumped[np.arange(len(test)), predicted] = np.inf
+    order = top_k(bumped, min(TOPK, scores.shape[1]))
+    confidence = est.predict_proba(X) if hasattr(est, "predict_proba") else scores
+    conf = np.asarray(confidence, dtype=np.float64)[np.arange(len(test)), predicted]
     timings["predict"] = timings.get("predict", 0.0) + time.perf_counter() - t
-    ranked = np.asarray(est.classes_)[order[:, : min(TOPK, order.shape[1])]]
-    return ranked, conf, fit_info(est)
+    return classes[order], conf, {**fit_info(est), "n_train": int(len(train))}
 
 
 def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, device, timings: dict,
-             first_use: bool, provenance: dict) -> JobResult:
+             first_use: bool, provenance: dict, fingerprint: str) -> JobResult:
     task = job.task
     labels = task.examples.labels
     names = np.array(task.classes, dtype=object)
@@ -143,12 +160,13 @@ def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, devic
     if not parts:
         raise DataError(f"task {task.name!r} has no readable test images")
     test = np.concatenate([p[0] for p in parts])
-    ranked = np.concatenate([np.pad(p[1], ((0, 0), (0, TOPK - p[1].shape[1])), constant_values=-1)
-                             if p[1].shape[1] < TOPK else p[1] for p in parts])
-    conf = np.concatenate([p[2] for p in parts])
     width = min(TOPK, len(task.classes))
-    topk = names[ranked[:, :width]].astype(str)
+    # a probe that saw fewer classes than the task ranks fewer: pad with "" (no prediction), never a class
+    topk = np.concatenate([np.pad(names[p[1][:, :width]].astype(str), ((0, 0), (0, max(0, width - p[1].shape[1]))),
+                                  constant_values="") for p in parts])
+    conf = np.concatenate([p[2] for p in parts])
     info = infos[0] if len(infos) == 1 else {"folds": infos}
+    n_train = int(round(np.mean([i["n_train"] for i in infos])))
     n_bad = int((~emb.ok).sum())
     exp = Experiment(
         id=None,
@@ -157,11 +175,12 @@ def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, devic
         backbone=job.backbone,
         protocol=job.protocol,
         metric=task.metric,
-        n_train=int(emb.ok[task.train_idx].sum()),
+        n_train=n_train,
         seed=job.seed,
         config=job.config(),
         classes=list(task.classes),
-        fit_info={**info, "n_bad_images": n_bad, "embedding_key": emb.key, "embedding_dim": int(emb.vectors.shape[1])},
+        fit_info={**info, "n_bad_images": n_bad, "embedding_key": emb.key, "embedding_dim": int(emb.vectors.shape[1]),
+                  "weights_fingerprint": fingerprint},
         provenance=provenance,
         timings=timings,
         created_at=time.time(),

@@ -9,6 +9,7 @@ so and the demo falls back to a generated task.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -20,11 +21,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from lifebench.errors import DataError
-from lifebench.tasks.base import Examples, Task
-from lifebench.tasks.split import make_split
+from lifebench.tasks.base import Task
+from lifebench.tasks.folder import load_task
 
 __all__ = ["load_default", "CLASSES", "DataUnavailable", "fetch", "load"]
 
@@ -60,7 +59,8 @@ def _download_deb(workdir: Path) -> Path:
         raise DataUnavailable("apt-get is not available on this machine, so the Tux Paint photos cannot be fetched")
     res = _run(["apt-get", "download", PACKAGE], workdir)
     if res.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
-        log.info("apt-get download failed (%s); refreshing the package lists once", res.stderr.strip()[-200:])
+        log.warning("apt-get download failed (%s); running 'apt-get update' once to refresh the package lists",
+                    res.stderr.strip()[-200:])
         _run(["apt-get", "update", "-qq"], workdir)
         res = _run(["apt-get", "download", PACKAGE], workdir)
     debs = sorted(workdir.glob(f"{PACKAGE}_*.deb"))
@@ -168,25 +168,11 @@ def load(root: Path, *, n_folds: int | None = 5, test_size: float = 0.25, seed: 
     instead of 40 from a single split); ``n_folds=None`` gives one seeded stratified split instead.
     """
     folder = fetch(root)
-    paths, labels = [], []
-    for label in sorted(CLASSES):
-        for p in sorted((folder / label).rglob("*.png")):
-            paths.append(str(p))
-            labels.append(label)
-    ids = np.array([str(Path(p).relative_to(folder)) for p in paths])
-    labels_arr = np.array(labels)
-    train_idx, test_idx, folds, split_source = make_split(labels_arr, n_folds=n_folds, test_size=test_size, seed=seed)
-    return Task(
-        name="tuxpaint-organisms",
-        examples=Examples(ids=ids, paths=np.array(paths), labels=labels_arr),
-        train_idx=train_idx,
-        test_idx=test_idx,
-        metric="macro_f1",
-        protocol="logreg",
+    task = load_task(folder, name="tuxpaint-organisms", n_folds=n_folds, test_size=test_size, seed=seed)
+    return dataclasses.replace(
+        task,
         source=f"Debian {PACKAGE} (GPL-2)",
         description="161 photo cut-outs of organisms in 5 classes: bird, mammal, insect, fish, flower",
-        split_source=split_source,
-        folds=folds,
     )
 
 
