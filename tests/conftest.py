@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import http.server
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +83,47 @@ class TinyBackbone(Backbone):
 @pytest.fixture
 def tiny_backbone() -> TinyBackbone:
     return TinyBackbone()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    cut_after: dict[str, int] = {}  # serve only this many bytes of a file once, then close
+    honour_range = True
+    requests: list[tuple[str, str | None]] = []
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        data = self.files.get(self.path)
+        rng = self.headers.get("Range")
+        type(self).requests.append((self.path, rng))
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        if rng and self.honour_range:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        cut = self.cut_after.pop(self.path, None)
+        body = data[start:] if cut is None else data[start:cut]
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1 serving ``files``; supports Range, can cut a response short once."""
+    _Handler.files, _Handler.cut_after, _Handler.requests, _Handler.honour_range = {}, {}, [], True
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", _Handler
+    httpd.shutdown()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_folder
 
+from conftest import make_folder
 from lifebench.backbones import load_backbone
 from lifebench.features import embed
 from lifebench.protocols import make_protocol

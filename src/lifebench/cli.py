@@ -16,7 +16,7 @@ from typing import Any
 
 from lifebench import __version__
 from lifebench.config import DEFAULT_RESAMPLES, cache_dir, data_dir, default_store
-from lifebench.errors import ConfigError, LifebenchError
+from lifebench.errors import ConfigError, DataError, LifebenchError
 
 log = logging.getLogger("lifebench.cli")
 
@@ -70,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="evaluate models on tasks and store the results",
                        description="Evaluate each --model on each --task with each --protocol; finished "
                        "experiments are skipped unless --force. Prints the leaderboard of the tasks run.")
-    p.add_argument("--task", action="append", required=True, metavar="TASK",
+    p.add_argument("--task", action="append", default=[], metavar="TASK",
                    help="a folder (class sub-folders, optionally under train/ and test/), a CSV/Parquet manifest "
                    "(path,label[,split][,group]) or a task name from 'lifebench ls tasks'; repeatable")
+    p.add_argument("--suite", action="append", default=[], metavar="SUITE",
+                   help="every task of a suite whose data is under --data-root: ecology or reference; repeatable")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding one sub-folder per benchmark task (default $LIFEBENCH_DATA or "
+                   "~/.cache/lifebench/data)")
     p.add_argument("--model", action="append", required=True, metavar="ID",
                    help="backbone id, e.g. efficientnet-lite0, timm:resnet50.a1_in1k, open_clip:hf-hub:imageomics/bioclip, "
                    "hf:facebook/dinov2-base, timm:vit_small_patch16_224@random; see 'lifebench ls backbones'; repeatable")
@@ -111,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(p)
     _add_common_run_options(p)
 
+    p = sub.add_parser("download", help="download, verify and unpack a benchmark task's data",
+                       description="Fetch a benchmark task's archives with resume and checksum verification, then "
+                       "unpack them into DIR/TASK. Rerunning skips what is already verified.")
+    p.add_argument("task", help="a task name from 'lifebench ls tasks'")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="data root (default $LIFEBENCH_DATA or ~/.cache/lifebench/data); the task goes in DIR/TASK")
+
     p = sub.add_parser("ls", help="list backbones, tasks, protocols or metrics")
     p.add_argument("what", choices=["backbones", "tasks", "protocols", "metrics"])
 
@@ -143,10 +155,29 @@ def _cache(args) -> Path | None:
     return args.cache_dir or cache_dir()
 
 
+def _suite_tasks(args) -> tuple[list[str], list[tuple[str, str]]]:
+    """Task names of the requested suites whose data is present, and (name, reason) for the others."""
+    from lifebench.tasks.catalog import SUITES, data_status
+
+    root = args.data_root or data_dir()
+    present, skipped = [], []
+    for suite in args.suite:
+        if suite not in SUITES:
+            from lifebench.errors import UnknownNameError
+
+            raise UnknownNameError("suite", suite, SUITES)
+        for name in SUITES[suite]:
+            _, why = data_status(name, root)
+            (skipped.append((name, why)) if why else present.append(name))
+    return present, skipped
+
+
 def _resolve_tasks(args, names: list[str]):
     from lifebench.tasks import resolve_task
 
     kw: dict[str, Any] = {"seed": args.split_seed, "skip_bad_images": args.skip_bad_images}
+    if getattr(args, "data_root", None) is not None:
+        kw["data_root"] = args.data_root
     if args.test_size is not None and args.folds is not None:
         raise ConfigError("--test-size and --folds exclude each other: give one split or K folds")
     if args.test_size is not None:
@@ -199,15 +230,22 @@ def cmd_run(args) -> int:
             raise ConfigError(f"--param {reserved}=... is set by lifebench; use {option} instead")
     for p in protocols:  # unknown protocols and parameters fail now, before any model is loaded
         make_protocol(p, **params)
-    tasks = _resolve_tasks(args, args.task)
+    if not args.task and not args.suite:
+        raise ConfigError("give at least one --task (a folder, manifest or task name) or --suite")
+    suite_names, skipped = _suite_tasks(args)
+    tasks = _resolve_tasks(args, [*args.task, *suite_names])
     store_path = args.store or default_store()
     with Store(store_path) as store:
         jobs = expand(tasks, models, protocols, params, args.seed or [0])
         if args.dry_run:
-            print(f"plan: {len(jobs)} jobs; store {store_path}")
+            print(f"plan: {len(jobs)} jobs, {len(skipped)} tasks skipped; store {store_path}")
             for job, what in plan_status(jobs, store, args.force):
                 print(f"  {what:<40} {job.label()}")
+            for name, why in skipped:
+                print(f"  {'skip: ' + name:<40} {why}")
             return 0
+        for name, why in skipped:
+            log.info("skipping task %s: %s", name, why)
         options = RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                              num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force)
         t0 = time.perf_counter()
@@ -329,12 +367,21 @@ def cmd_ls(args) -> int:
             print(f"{r['name']:<22} {'yes' if r['zero_shot'] else 'no':<9} {'yes' if r['offline'] else 'no':<7} "
                   f"{r['syntax']}  {r['help']}")
     elif args.what == "tasks":
-        from lifebench.tasks import TASKS
+        from lifebench.tasks import CATALOG, TASKS
 
-        print("A task is a registered name below, or a path: a folder of class folders (optionally under train/ "
-              "and test/) or a CSV/Parquet manifest with columns path,label[,split][,group].")
+        print("A task is a name below, or a path: a folder of class folders (optionally under train/ and test/) or "
+              "a CSV/Parquet manifest with columns path,label[,split][,group].\n")
+        print(f"{'name':<13} {'suite':<9} {'train':>9} {'test':>8} {'modality':<19} {'kingdom':<22} {'status':<8} "
+              "protocol / metric")
+        for t in CATALOG.values():
+            n = lambda v: f"{v:,}" if v else "?"  # noqa: E731
+            status = "ready" if t.implemented else "planned"
+            print(f"{t.name:<13} {t.suite:<9} {n(t.n_train):>9} {n(t.n_test):>8} {t.modality:<19} {t.kingdom:<22} "
+                  f"{status:<8} {t.protocol} / {t.metric}")
+        print()
         for name in TASKS.names():
-            print(f"  {name:<22} {TASKS.help(name)}")
+            if name not in CATALOG:
+                print(f"{name:<13} {TASKS.help(name)}")
     elif args.what == "protocols":
         from lifebench.protocols import PROTOCOLS
 
@@ -345,6 +392,23 @@ def cmd_ls(args) -> int:
 
         for name in METRICS.names():
             print(f"  {name:<18} {get_metric(name).description}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from lifebench.tasks.catalog import get_info, task_module
+
+    info = get_info(args.task)
+    module = task_module(args.task)
+    if module is None:
+        raise ConfigError(f"task {args.task!r} has no download recipe in this version of lifebench yet")
+    root = (args.dir or data_dir()) / info.name
+    t0 = time.perf_counter()
+    module.download(root)
+    why = module.missing(root)
+    if why:
+        raise DataError(f"{args.task}: the download finished but {why}")
+    print(f"{info.name}: data ready in {root} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -366,7 +430,8 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "embed": cmd_embed, "ls": cmd_ls, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "embed": cmd_embed, "download": cmd_download, "ls": cmd_ls,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

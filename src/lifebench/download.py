@@ -155,14 +155,19 @@ def _safe_members_tar(tar: tarfile.TarFile, archive: Path):
         yield m
 
 
-def extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Extract ``archive`` so that ``target`` holds its contents; idempotent (a finished target is kept)."""
-    archive, target = Path(archive), Path(target)
-    marker = target / ".lifebench-extracted"
+def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Extract ``archive`` into the folder ``dest``; returns the top-level entries it created there.
+
+    Members are unpacked into a staging folder inside ``dest`` first; only when that finished are its top-level
+    entries moved into ``dest`` (replacing older copies) and a marker ``.lifebench-extracted-<archive>`` written.
+    Idempotent: with the marker present nothing is done again.
+    """
+    archive, dest = Path(archive), Path(dest)
+    marker = dest / f".lifebench-extracted-{archive.name}"
     if marker.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.extracting-"))
+        return [dest / line for line in marker.read_text().split("\n") if line]
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".extracting-{archive.name}-"))
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
@@ -177,17 +182,20 @@ def extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
                 tar.extractall(staging, members=list(_safe_members_tar(tar, archive)), filter="data")
         else:
             raise DataError(f"{archive} is neither a zip nor a tar archive; delete it and download again")
-        (staging / marker.name).write_text(f"{archive.name}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        entries = sorted(staging.iterdir())
+        for entry in entries:
+            target = dest / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(entry, target)
+        marker.write_text("".join(f"{e.name}\n" for e in entries))
+        return [dest / e.name for e in entries]
     except OSError as e:
-        shutil.rmtree(staging, ignore_errors=True)
         if e.errno == errno.ENOSPC:
-            raise DataError(f"disk full while extracting {archive.name} into {target.parent}; free space and rerun "
-                            "(nothing was left behind)") from None
+            raise DataError(f"disk full while extracting {archive.name} into {dest}; free space and rerun "
+                            "(nothing partial is kept)") from None
         raise DataError(f"cannot extract {archive.name}: {e}") from None
-    except BaseException:
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target

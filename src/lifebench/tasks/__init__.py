@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lifebench.errors import DataError, UnknownNameError
 from lifebench.registry import Registry
 from lifebench.tasks.base import Examples, Task
+from lifebench.tasks.catalog import CATALOG, SUITES
 from lifebench.tasks.folder import load_task
 from lifebench.tasks.split import stratified_split, subsample_per_class, subsample_total
 
 __all__ = [
+    "CATALOG",
+    "SUITES",
     "TASKS",
     "Examples",
     "Task",
@@ -37,6 +41,22 @@ TASKS.register("tuxpaint-organisms", "lifebench.tasks.tuxpaint:load_default",
                help="161 photo cut-outs, 5 classes (bird, mammal, insect, fish, flower); Debian package, GPL-2; the demo task")
 TASKS.register("synthetic-shapes", "lifebench.tasks.synthetic:load_default",
                help="generated shapes on noise, 5 classes x 24 images; offline fallback and tests")
+
+
+def _benchmark_factory(name: str) -> Callable[..., Task]:
+    def load(*, data_root: str | os.PathLike[str] | None = None, **kw: Any) -> Task:
+        from lifebench.config import data_dir
+        from lifebench.tasks.catalog import task_module
+
+        return task_module(name).load(Path(data_root or data_dir()) / name, **kw)
+
+    return load
+
+
+for _info in CATALOG.values():
+    if _info.implemented:
+        TASKS.register(_info.name, _benchmark_factory(_info.name),
+                       help=f"{_info.display}: {_info.modality}, {_info.protocol}, {_info.metric}")
 
 
 def resolve_task(name_or_path: str | os.PathLike[str], **kw: Any) -> Task:

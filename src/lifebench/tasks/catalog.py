@@ -1,0 +1,110 @@
+"""The built-in benchmark tasks: what each one is, and (where implemented) how to get and read it.
+
+Facts per task (source, counts, protocol, metric) follow the BioBench reference notes; see docs/tasks.md.
+A task with a ``module`` is implemented: that module provides
+
+* ``load(root, **kw) -> Task``: read the data in its real on-disk layout under ``root``;
+* ``missing(root) -> str | None``: why the data under ``root`` is not usable yet (None when it is);
+* ``download(root, *, show_progress=True)``: fetch, verify and unpack into ``root``;
+* ``make_fixture(*, per_class=3, seed=0) -> dict[str, bytes]``: the task's archives by file name, tiny, in
+  the real layout (file names, folders, CSV columns), for tests served from a local HTTP server.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from lifebench.errors import UnknownNameError
+
+__all__ = ["CATALOG", "SUITES", "TaskInfo", "data_status", "get_info", "task_module"]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    display: str
+    suite: str
+    modality: str
+    kingdom: str
+    protocol: str
+    metric: str
+    n_train: int | None
+    n_test: int | None
+    source: str
+    license: str
+    size: str
+    module: str | None = None
+    """Implementing module (``lifebench.tasks.<...>``); None while the task is only described."""
+
+    @property
+    def implemented(self) -> bool:
+        return self.module is not None
+
+
+CATALOG: dict[str, TaskInfo] = {
+    t.name: t
+    for t in [
+        TaskInfo("beluga", "Beluga ID", "ecology", "drone video frames", "Animalia", "leave-one-out kNN re-ID (k=5)",
+           "macro_f1", None, None, "LILA Beluga ID 2022 (COCO)", "see source", "not recorded"),
+        TaskInfo("ecdysis", "Ecdysis", "ecology", "specimen photos", "Animalia", "logistic probe",
+           "macro_f1", None, None, "Ecdysis portal metadata CSV + per-image URLs", "see source", "not recorded"),
+        TaskInfo("fishnet", "FishNet", "ecology", "web photos", "Animalia", "9 binary traits, logistic probe each",
+           "mean 2-class macro_f1 over traits", 75631, 18901, "FishNet (Khan et al. 2023)", "see source",
+           "5.4 GB"),
+        TaskInfo("fungiclef", "FungiCLEF", "ecology", "in-situ photos", "Fungi",
+           "open-set SimpleShot + Mahalanobis, per observation", "user-focused loss (normalised)", 295938, 60832,
+           "Danish Fungi DF20/DF21 300px", "see source", "about 9 GB"),
+        TaskInfo("herbarium19", "Herbarium 2019", "ecology", "specimen photos", "Plantae", "logistic probe",
+           "macro_f1", 34225, 2679, "NYBG Herbarium 2019 (FGVC6)", "see source", "41 GB",
+           module="lifebench.tasks.ecology.herbarium19"),
+        TaskInfo("iwildcam", "iWildCam (WILDS)", "ecology", "camera traps", "Animalia", "logistic probe",
+           "macro_f1", None, 42700, "WILDS iwildcam v2.0", "see source", "not recorded"),
+        TaskInfo("kabr", "KABR", "ecology", "drone video", "Animalia", "logistic probe on max-pooled frame embeddings",
+           "macro_f1", None, None, "Hugging Face imageomics/KABR", "see source", "not recorded"),
+        TaskInfo("mammalnet", "MammalNet", "ecology", "web video", "Animalia",
+           "logistic probe on max-pooled frame embeddings", "macro_f1", None, None, "MammalNet videos + annotations",
+           "see source", "not recorded"),
+        TaskInfo("plankton", "Plankton (SYKE IFCB)", "ecology", "micrographs", "phytoplankton", "logistic probe",
+           "macro_f1", 63074, 151236, "SYKE-plankton IFCB 2022 (train) and Utö 2021 (test)", "see source",
+           "not recorded"),
+        TaskInfo("plantnet", "Pl@ntNet-300K", "ecology", "in-situ photos", "Plantae", "logistic probe",
+           "macro_f1", 243916, 31118, "Zenodo record 5645731", "see source", "29.5 GB"),
+        TaskInfo("newt", "NeWT", "reference", "in-situ photos", "Animalia/Plantae/Fungi", "164 binary tasks",
+           "accuracy pooled over tasks", None, None, "NeWT 2021 (iNat)", "see source", "4.1 GB"),
+        TaskInfo("inat21", "iNat21 (mini)", "reference", "in-situ photos", "all", "logistic probe",
+           "accuracy", 500000, 100000, "iNat 2021 competition (train_mini, val)", "see source", "50 GB"),
+        TaskInfo("imagenet1k", "ImageNet-1K", "reference", "web photos", "-", "logistic probe",
+           "accuracy", 1281167, 50000, "Hugging Face ILSVRC/imagenet-1k (gated)", "see source", "not recorded"),
+    ]
+}
+
+SUITES: dict[str, list[str]] = {
+    "ecology": [n for n, t in CATALOG.items() if t.suite == "ecology"],
+    "reference": [n for n, t in CATALOG.items() if t.suite == "reference"],
+}
+
+
+def get_info(name: str) -> TaskInfo:
+    if name not in CATALOG:
+        raise UnknownNameError("benchmark task", name, CATALOG)
+    return CATALOG[name]
+
+
+def task_module(name: str) -> ModuleType | None:
+    info = get_info(name)
+    return importlib.import_module(info.module) if info.module else None
+
+
+def data_status(name: str, data_root: str | Path) -> tuple[Path, str | None]:
+    """``(root, None)`` when the task's data is usable under ``data_root/<name>``, else ``(root, why not)``."""
+    root = Path(data_root) / name
+    module = task_module(name)
+    if module is None:
+        return root, "not implemented in this version of lifebench"
+    why = module.missing(root)
+    if why:
+        return root, f"{why} (get it: lifebench download {name} --dir {data_root})"
+    return root, None
