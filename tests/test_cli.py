@@ -163,10 +163,12 @@ def test_skip_bad_images_counts_and_continues(env, capsys):
 
 def test_usage_errors_are_one_line(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["run", "--model", "pixels"])
+        main(["run", "--task", "x"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--task" in err[0]
+    assert len(err) == 1 and "--model" in err[0]
+    code, _, err = run_cli(["run", "--model", "pixels"], capsys)
+    assert code == 2 and err.strip() == "lifebench: error: give at least one --task (a folder, manifest or task name) or --suite"
 
 
 def test_ls_lists_registries(capsys):

@@ -74,6 +74,11 @@ def test_without_published_checksum_the_first_download_is_recorded_and_enforced(
     (tmp_path / "f.bin").write_bytes(PAYLOAD[:1000])  # later corruption on disk
     with pytest.raises(DataError, match="recorded sha256"):
         download(url + "/f.bin", tmp_path / "f.bin", show_progress=False)
+    h.files["/f.bin"] = PAYLOAD[::-1]  # the source changed: a fresh download must not be trusted silently
+    with pytest.raises(DataError, match=f"recorded sha256.*remove its line from {CHECKSUMS_FILE}"):
+        download(url + "/f.bin", tmp_path / "f.bin", show_progress=False)
+    h.files["/f.bin"] = PAYLOAD
+    assert download(url + "/f.bin", tmp_path / "f.bin", show_progress=False).read_bytes() == PAYLOAD
 
 
 def test_http_errors_are_clear(http_server, tmp_path):

@@ -70,8 +70,10 @@ def _verify(path: Path, url: str, sha256: str | None, md5: str | None, recorded:
     for name, expected, got in (("sha256", sha256, digest), ("md5", md5, file_digest(path, "md5") if md5 else None),
                                 ("recorded sha256", recorded, digest)):
         if expected and got != expected.lower():
+            fix = (f"if the source really changed, remove its line from {CHECKSUMS_FILE} and rerun"
+                   if name == "recorded sha256" else "rerun; if it keeps failing the source changed")
             raise DataError(f"checksum mismatch for {path.name} from {url}: {name} {got}, expected {expected}; "
-                            f"the file was removed, run the download again (if it keeps failing the source changed)")
+                            f"the file was removed; {fix}")
     return digest
 
 
@@ -107,12 +109,13 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, md
             wait = 2.0**attempt
             log.warning("download of %s interrupted (%s); resuming in %.0f s", dest.name, e, wait)
             time.sleep(wait)
+    recorded = _recorded(dest).get(dest.name)
     try:
-        digest = _verify(part, url, sha256, md5, None)
+        digest = _verify(part, url, sha256, md5, recorded)
     except DataError:
         part.unlink(missing_ok=True)
         raise
-    if not sha256 and not md5:
+    if not sha256 and not md5 and recorded is None:
         _record(dest, digest)
         log.info("recorded sha256 %s for %s (no published checksum); later uses are checked against it",
                  digest, dest.name)
