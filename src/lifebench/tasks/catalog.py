@@ -7,7 +7,8 @@ A task with a ``module`` is implemented: that module provides
 * ``missing(root) -> str | None``: why the data under ``root`` is not usable yet (None when it is);
 * ``download(root, *, show_progress=True)``: fetch, verify and unpack into ``root``;
 * ``make_fixture(*, per_class=3, seed=0) -> dict[str, bytes]``: the task's archives by file name, tiny, in
-  the real layout (file names, folders, CSV columns), for tests served from a local HTTP server.
+  the real layout (file names, folders, CSV columns), for tests served from a local HTTP server (a task whose
+  files hold absolute URLs, such as ecdysis, also takes ``base_url``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ CATALOG: dict[str, TaskInfo] = {
         TaskInfo("beluga", "Beluga ID", "ecology", "drone video frames", "Animalia", "leave-one-out kNN re-ID (k=5)",
            "macro_f1", None, None, "LILA Beluga ID 2022 (COCO)", "see source", "not recorded"),
         TaskInfo("ecdysis", "Ecdysis", "ecology", "specimen photos", "Animalia", "logistic probe",
-           "macro_f1", None, None, "Ecdysis portal metadata CSV + per-image URLs", "see source", "not recorded"),
+           "macro_f1", None, None, "Ecdysis portal metadata CSV + per-image URLs", "see source", "not recorded",
+           module="lifebench.tasks.ecology.ecdysis"),
         TaskInfo("fishnet", "FishNet", "ecology", "web photos", "Animalia", "9 binary traits, logistic probe each",
            "mean 2-class macro_f1 over traits", 75631, 18901, "FishNet (Khan et al. 2023)", "see source",
            "5.4 GB"),
@@ -61,7 +63,8 @@ CATALOG: dict[str, TaskInfo] = {
            "macro_f1", 34225, 2679, "NYBG Herbarium 2019 (FGVC6)", "see source", "41 GB",
            module="lifebench.tasks.ecology.herbarium19"),
         TaskInfo("iwildcam", "iWildCam (WILDS)", "ecology", "camera traps", "Animalia", "logistic probe",
-           "macro_f1", None, 42700, "WILDS iwildcam v2.0", "see source", "not recorded"),
+           "macro_f1", None, 42700, "WILDS iwildcam v2.0", "see source", "not recorded",
+           module="lifebench.tasks.ecology.iwildcam"),
         TaskInfo("kabr", "KABR", "ecology", "drone video", "Animalia", "logistic probe on max-pooled frame embeddings",
            "macro_f1", None, None, "Hugging Face imageomics/KABR", "see source", "not recorded"),
         TaskInfo("mammalnet", "MammalNet", "ecology", "web video", "Animalia",
