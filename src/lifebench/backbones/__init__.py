@@ -165,6 +165,7 @@ ALIASES: dict[str, str] = {
     "dinov2-base": "hf:facebook/dinov2-base",
 }
 """Short names for popular ids; each resolves to its canonical id."""
+_ALIAS_HAS_TEXT = {"bioclip": True, "bioclip-2": True, "dinov2-base": False}
 
 
 def _entries() -> Iterator[tuple[str, BackboneEntry]]:
@@ -315,8 +316,7 @@ def describe() -> list[dict]:
     ]
     for alias, target in sorted(ALIASES.items()):
         parsed = parse_backbone_id(target)
-        fam = BACKBONES.get(parsed.family)
-        rows.append({"name": alias, "family": parsed.family, "syntax": alias, "zero_shot": fam.zero_shot,
+        rows.append({"name": alias, "family": parsed.family, "syntax": alias, "zero_shot": _ALIAS_HAS_TEXT[alias],
                      "offline": False, "help": f"alias of {target}"})
     return rows
 
