@@ -20,9 +20,15 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from lifebench.errors import ConfigError, DataError, UnknownNameError
-from lifebench.protocols import PROTOCOLS, fit_info, make_protocol, top_k
+from lifebench.protocols import PROTOCOLS, fit_info, logreg, make_protocol, top_k
 from lifebench.protocols.knn import KNN
-from lifebench.protocols.logreg import DEFAULT_CS, LogisticProbe, _macro_f1, _stratified_holdout
+from lifebench.protocols.logreg import (
+    DEFAULT_CS,
+    LogisticProbe,
+    _macro_f1,
+    _stratified_holdout,
+    fit_many_binary,
+)
 from lifebench.protocols.simpleshot import SimpleShot
 
 
@@ -206,6 +212,137 @@ def test_choose_C_with_nothing_to_hold_out(caplog):
         probe = LogisticProbe(Cs=(0.01, 3.0, 30.0)).fit(X, ["a", "b", "c", "d"])
     assert "nothing can be held out" in caplog.text
     assert probe.C_ == 3.0 and probe.val_scores_ == {}  # the grid value nearest 1 (log scale)
+
+
+def test_logreg_fewer_rows_than_features_matches_sklearn():
+    """n < D is solved in row-space coordinates; the model must still be scikit-learn's."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(45, 120)) + rng.normal(size=120)
+    y = np.arange(45) % 3
+    X[:, :3] += 1.5 * np.eye(3)[y]
+    X_te = rng.normal(size=(30, 120))
+    for labels in (y, (y == 1).astype(int)):
+        ref = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(X, labels)
+        ours = LogisticProbe(C=0.5, standardize=False, dtype="float64", tol=1e-10).fit(X, labels)
+        np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-4)
+        np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=1e-4)
+        np.testing.assert_allclose(ours.predict_proba(X_te), ref.predict_proba(X_te), atol=2e-5)
+
+
+def test_lbfgs_batch_equals_problems_solved_alone(digits):
+    """Problems solved together (with early finishers dropped from the batch) equal each one solved alone."""
+    X_tr, _, y_tr, _ = digits
+    Z = torch.as_tensor(StandardScaler().fit_transform(X_tr))
+    parts = [np.flatnonzero(y_tr < 5), np.flatnonzero(y_tr >= 5)]  # two 5-class tasks, different rows
+    Zs = [Z[torch.as_tensor(i)] for i in parts]
+    codes = [y_tr[i] % 5 for i in parts]
+    weights = [np.ones(i.size) for i in parts]
+    k = 5
+    Cs = np.array([[0.01, 1.0, 100.0], [0.1, 3.0, 30.0]])
+    design = logreg._design(Zs, codes, weights, k)
+    lam = torch.as_tensor(1.0 / (Cs * design.totals[:, None]))
+    together = logreg._lbfgs(
+        logreg._Objective(design.Z, design.y, design.w, lam, False),
+        torch.zeros(2, 3, k, 65, dtype=torch.float64),
+        500,
+        1e-9,
+    )
+    assert len(set(together.n_iter.ravel().tolist())) > 1  # they stopped at different iterations
+    for t in range(2):
+        for s in range(3):
+            one = logreg._design([Zs[t]], [codes[t]], [weights[t]], k)
+            alone = logreg._lbfgs(
+                logreg._Objective(one.Z, one.y, one.w, lam[t : t + 1, s : s + 1], False),
+                torch.zeros(1, 1, k, 65, dtype=torch.float64),
+                500,
+                1e-9,
+            )
+            # identical iterations up to rounding (batched products sum in another order), which the weakly
+            # regularised problems amplify a little
+            np.testing.assert_allclose(together.theta[t, s], alone.theta[0, 0], atol=1e-4)
+            assert abs(int(together.n_iter[t, s]) - int(alone.n_iter[0, 0])) <= 1
+
+
+def test_choose_C_path_equals_batched_grid(digits, monkeypatch):
+    """A large task walks the grid warm-started; it must choose as the batched grid does."""
+    X_tr, X_te, y_tr, _ = digits
+    grid = (0.001, 0.01, 0.1, 1.0, 10.0)
+    batched = LogisticProbe(Cs=grid, dtype="float64", tol=1e-9, random_state=2).fit(X_tr, y_tr)
+    monkeypatch.setattr(logreg, "_PATH_MACS", 0)
+    path = LogisticProbe(Cs=grid, dtype="float64", tol=1e-9, random_state=2).fit(X_tr, y_tr)
+    assert path.C_ == batched.C_
+    for c in grid:
+        assert path.val_scores_[c] == pytest.approx(batched.val_scores_[c], abs=0.003)
+    np.testing.assert_allclose(path.predict_proba(X_te), batched.predict_proba(X_te), atol=1e-5)
+
+
+# ---------------------------------------------------------------- many binary tasks at once
+
+
+@pytest.fixture(scope="module")
+def binary_tasks(digits):
+    """Five one-vs-one digit tasks on shared features, each with its own (overlapping) training rows."""
+    X_tr, X_te, y_tr, y_te = digits
+    rng = np.random.default_rng(0)
+    tasks, tests = [], []
+    for a, b in [(3, 8), (1, 7), (4, 9), (0, 6), (5, 8)]:
+        rows = np.flatnonzero(np.isin(y_tr, [a, b]))
+        rows = np.sort(rng.choice(rows, size=int(0.8 * rows.size), replace=False))
+        tasks.append((rows, np.where(y_tr[rows] == a, "yes", "no")))
+        tests.append(np.isin(y_te, [a, b]))
+    return X_tr, X_te, tasks, tests
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_fit_many_binary_matches_sklearn_per_task(binary_tasks, standardize):
+    X_tr, X_te, tasks, tests = binary_tasks
+    # one task as a boolean mask: the same rows
+    mask = np.zeros(len(X_tr), dtype=bool)
+    mask[tasks[2][0]] = True
+    given = [tasks[0], tasks[1], (mask, tasks[2][1]), tasks[3], tasks[4]]
+    probes = fit_many_binary(X_tr, given, C=0.3, standardize=standardize, dtype="float64", tol=1e-9)
+    assert len(probes) == len(tasks)
+    for probe, (rows, labels), test in zip(probes, tasks, tests, strict=True):
+        scaler = StandardScaler(with_mean=standardize, with_std=standardize).fit(X_tr[rows])
+        ref = LogisticRegression(C=0.3, tol=1e-10, max_iter=10000).fit(scaler.transform(X_tr[rows]), labels)
+        assert list(probe.classes_) == ["no", "yes"] and probe.C_ == 0.3
+        Xq = X_te[test]
+        np.testing.assert_allclose(
+            probe.predict_proba(Xq), ref.predict_proba(scaler.transform(Xq)), atol=1e-5
+        )
+        np.testing.assert_array_equal(probe.predict(Xq), ref.predict(scaler.transform(Xq)))
+
+
+def test_fit_many_binary_choosing_C_equals_one_probe_per_task(binary_tasks):
+    X_tr, X_te, tasks, tests = binary_tasks
+    grid = (0.001, 0.01, 0.1, 1.0, 10.0)
+    probes = fit_many_binary(X_tr, tasks, Cs=grid, class_weight="balanced", random_state=4)
+    for probe, (rows, labels), test in zip(probes, tasks, tests, strict=True):
+        alone = LogisticProbe(Cs=grid, class_weight="balanced", random_state=4).fit(X_tr[rows], labels)
+        assert probe.C_ == alone.C_
+        assert probe.val_scores_ == pytest.approx(alone.val_scores_, abs=1e-9)
+        np.testing.assert_allclose(
+            probe.predict_proba(X_te[test]), alone.predict_proba(X_te[test]), atol=2e-3
+        )
+        assert fit_info(probe) == {**fit_info(alone), "n_iter": probe.n_iter_}
+
+
+def test_fit_many_binary_errors(binary_tasks):
+    X_tr, _, tasks, _ = binary_tasks
+    rows = np.arange(30)
+    with pytest.raises(DataError, match="task 1 has 3 classes"):
+        fit_many_binary(X_tr, [tasks[0], (rows, rows % 3)])
+    with pytest.raises(DataError, match=r"task 0: row indices must lie in \[0, "):
+        fit_many_binary(X_tr, [(np.array([0, len(X_tr)]), [0, 1])])
+    with pytest.raises(DataError, match="task 0: a boolean row mask must have length"):
+        fit_many_binary(X_tr, [(np.ones(3, dtype=bool), [0, 1, 0])])
+    with pytest.raises(DataError, match="2 labels for 3 examples"):
+        fit_many_binary(X_tr, [(np.arange(3), [0, 1])])
+    with pytest.raises(ConfigError, match="unknown LogisticProbe parameters"):
+        fit_many_binary(X_tr, tasks, c=1.0)
+    with pytest.raises(ConfigError, match="C=-1"):
+        fit_many_binary(X_tr, tasks, C=-1)
+    assert fit_many_binary(X_tr, []) == []
 
 
 # ---------------------------------------------------------------- SimpleShot and kNN

@@ -7,9 +7,17 @@ Cache layout (``<cache_dir>/embeddings/<key>/``)::
     meta.json             written last, when every shard is present: marks the entry complete
 
 The key is a SHA-256 over everything that changes the vectors: the backbone id, a hash of its weights,
-its preprocessing, its pooling, the numeric precision, and the dataset manifest (ids, paths, file sizes
-and modification times). A changed file, model or transform therefore misses. A killed run keeps the
-shards it finished; the next run computes only the missing ones.
+its preprocessing, its pooling, the numeric precision, whether the model was compiled, which decoder and
+resampler made the pixels (see :mod:`lifebench.datapath`), and the dataset manifest (ids, paths, file
+sizes and modification times). A changed file, model or transform therefore misses, and vectors from the
+CPU and GPU data paths never mix. A killed run keeps the shards it finished; the next run computes only
+the missing ones.
+
+Throughput: images are decoded and preprocessed by :func:`lifebench.datapath.iter_batches` (worker
+processes; on CUDA, batched nvJPEG decoding and on-device resizing), the model runs under bf16 autocast in
+channels-last layout on CUDA, optionally compiled with every batch padded to one shape, and each batch's
+vectors are copied to the host asynchronously while the next batch is decoded. The auto batch size is found
+once per backbone object and device and reused by later calls (other tasks).
 """
 
 from __future__ import annotations
@@ -21,19 +29,20 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lifebench import datapath
 from lifebench.backbones.base import Backbone
 from lifebench.errors import BadImageError, ConfigError
-from lifebench.images import load_rgb
 from lifebench.progress import progress
 from lifebench.tasks.base import Examples
 
-__all__ = ["Embeddings", "embed", "embedding_key", "resolve_device"]
+__all__ = ["Embeddings", "auto_batch_size", "embed", "embedding_key", "make_encoder", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -76,38 +85,22 @@ def _precision(device: torch.device) -> str:
     return "bf16-autocast" if device.type == "cuda" else "fp32"
 
 
-def embedding_key(backbone: Backbone, examples: Examples, precision: str) -> str:
-    """Cache key for ``examples`` embedded by ``backbone`` at ``precision``."""
+def embedding_key(backbone: Backbone, examples: Examples, precision: str, decode: str = "pil",
+                  compiled: bool = False) -> str:
+    """Cache key for ``examples`` embedded by ``backbone`` at ``precision``.
+
+    ``decode`` is :func:`lifebench.datapath.decode_identity` of the data path used; ``compiled`` whether the
+    model ran under ``torch.compile`` (its fused kernels round differently).
+    """
     payload = {
         "format": CACHE_FORMAT,
         "backbone": backbone.cache_identity(),
         "manifest": examples.manifest_hash(),
         "precision": precision,
+        "decode": decode,
+        "compiled": compiled,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-class _ImageDataset(torch.utils.data.Dataset):
-    """Decodes and preprocesses one image; failures come back as an error string, not an exception."""
-
-    def __init__(self, paths: np.ndarray, indices: np.ndarray, preprocess) -> None:
-        self.paths = paths
-        self.indices = indices
-        self.preprocess = preprocess
-        self.shape = (3, preprocess.crop, preprocess.crop)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int):
-        i = int(self.indices[k])
-        try:
-            x = self.preprocess(load_rgb(self.paths[i]))
-            err = ""
-        except BadImageError as e:
-            x = torch.zeros(self.shape)
-            err = e.reason
-        return i, x, err
 
 
 def _shard_path(entry: Path, s: int) -> Path:
@@ -140,23 +133,95 @@ def _load_shard(path: Path, rows: int):
         return None
 
 
-def _auto_batch_size(backbone: Backbone, device: torch.device, start: int = 512) -> int:
-    """Largest power-of-two batch (<= start) whose forward pass fits in GPU memory; 32 on CPU."""
+_BATCH_MEMO = "_lifebench_auto_batch_size"
+_COMPILED_MEMO = "_lifebench_compiled_encoder"
+
+
+def _probe_batch(backbone: Backbone, device: torch.device, bs: int) -> None:
+    """One forward pass of ``bs`` blank images, as :func:`embed` runs it; raises OutOfMemoryError if too big."""
+    shape = (3, backbone.preprocess.crop, backbone.preprocess.crop)
+    try:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+            x = torch.zeros((bs, *shape), device=device).contiguous(memory_format=torch.channels_last)
+            backbone.encode_images(x)
+        torch.cuda.synchronize(device)
+    finally:
+        torch.cuda.empty_cache()
+
+
+def auto_batch_size(backbone: Backbone, device: torch.device, start: int = 512) -> int:
+    """Largest power-of-two batch (<= start) whose forward pass fits in GPU memory; 32 on CPU.
+
+    Found once per backbone object and device (memoised on the backbone), so later tasks skip the search.
+    """
     if device.type != "cuda":
         return 32
-    shape = (3, backbone.preprocess.crop, backbone.preprocess.crop)
+    memo: dict[tuple[str, int], int] = backbone.__dict__.setdefault(_BATCH_MEMO, {})
+    key = (str(device), backbone.preprocess.crop)
+    if key in memo:
+        return memo[key]
     bs = start
     while bs >= 1:
         try:
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-                backbone.encode_images(torch.zeros((bs, *shape), device=device))
-            torch.cuda.synchronize(device)
-            log.info("auto batch size for %s: %d", backbone.id, bs)
+            _probe_batch(backbone, device, bs)
+            log.info("auto batch size for %s on %s: %d", backbone.id, device, bs)
+            memo[key] = bs
             return bs
         except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
             bs //= 2
     raise ConfigError(f"backbone {backbone.id!r} does not fit on {device} even with batch size 1")
+
+
+def make_encoder(backbone: Backbone, device: torch.device, batch_size: int, compile: bool = False  # noqa: A002
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward pass :func:`embed` runs: (n <= batch_size, 3, H, W) pixels on ``device`` -> (n, D) float32.
+
+    On CUDA it runs under bf16 autocast with the input (and the module) in channels-last layout. With
+    ``compile`` the model is compiled once per backbone object (reused by later calls) and every batch is
+    padded to ``batch_size`` rows, so a short last batch does not trigger a recompilation.
+    """
+    cuda = device.type == "cuda"
+    fn: Callable[[torch.Tensor], torch.Tensor] = backbone.encode_images
+    if cuda:
+        backbone.module.to(memory_format=torch.channels_last)
+    if compile:
+        compiled = backbone.__dict__.get(_COMPILED_MEMO)
+        if compiled is None:
+            compiled = torch.compile(backbone.encode_images, dynamic=False)
+            backbone.__dict__[_COMPILED_MEMO] = compiled
+        fn = compiled
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        n = len(pixels)
+        if compile and n < batch_size:
+            pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))
+            pixels = torch.cat([pixels, pad])
+        if cuda:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = fn(pixels)
+        return out[:n].float()
+
+    return encode
+
+
+class _HostCopy:
+    """A device tensor on its way to the host: on CUDA the copy is asynchronous, into pinned memory."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        self.event = None
+        if out.is_cuda:
+            self.host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            self.host.copy_(out, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = out
+
+    def numpy(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
 
 
 def embed(
@@ -170,18 +235,25 @@ def embed(
     skip_bad_images: bool = False,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     show_progress: bool = True,
+    decode: str = "auto",
+    compile: bool = False,  # noqa: A002
 ) -> Embeddings:
     """Embed every example's image with ``backbone``, reading and filling the cache in ``cache_dir``.
 
     Without ``skip_bad_images`` the first unreadable image raises :class:`BadImageError` (shards that
     finished stay cached). With it, unreadable images get ``ok=False`` and a zero row, and are counted
-    and logged.
+    and logged. ``decode`` picks the data path ("auto", "pil", "pil-draft" or "tensor"; see
+    :mod:`lifebench.datapath`); ``compile`` runs the model under ``torch.compile``.
     """
     t0 = time.perf_counter()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    mode = datapath.resolve_decode(decode, dev)
     backbone.to(dev)
+    if dev.type == "cuda":
+        backbone.module.to(memory_format=torch.channels_last)
     n = len(examples)
-    key = embedding_key(backbone, examples, _precision(dev))
+    decode_id = datapath.decode_identity(mode, dev)
+    key = embedding_key(backbone, examples, _precision(dev), decode_id, compile)
     entry = Path(cache_dir) / "embeddings" / key if cache_dir is not None else None
     n_shards = max(1, -(-n // shard_rows))
     bounds = [(s * shard_rows, min(n, (s + 1) * shard_rows)) for s in range(n_shards)]
@@ -206,39 +278,55 @@ def embed(
     if len(todo):
         if entry is not None:
             entry.mkdir(parents=True, exist_ok=True)
-        bs = batch_size or _auto_batch_size(backbone, dev)
-        workers = _default_workers(len(todo)) if num_workers is None else num_workers
-        ds = _ImageDataset(examples.paths, todo, backbone.preprocess)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=bs, shuffle=False, num_workers=workers, pin_memory=dev.type == "cuda",
-            persistent_workers=False,
-        )
+        bs = batch_size or auto_batch_size(backbone, dev)
+        workers = datapath.default_workers(len(todo), mode) if num_workers is None else num_workers
+        encode = make_encoder(backbone, dev, bs, compile)
         filled = np.zeros(n, dtype=bool)
         filled[~np.isin(np.arange(n), todo)] = True
-        log.info("embedding %d images with %s on %s (batch %d, %d workers)", len(todo), backbone.id, dev, bs, workers)
-        with torch.inference_mode(), progress(len(todo), f"embed {backbone.id}", "img", show_progress) as bar:
-            for idx, x, errs in loader:
-                idx_np = idx.numpy()
-                bad = [j for j, e in enumerate(errs) if e]
-                if bad and not skip_bad_images:
-                    j = bad[0]
-                    raise BadImageError(str(examples.paths[idx_np[j]]), errs[j])
-                x = x.to(dev, non_blocking=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                    out = backbone.encode_images(x)
-                out = out.float().cpu().numpy()
+        log.info("embedding %d images with %s on %s (batch %d, %d workers, decode %s%s)", len(todo), backbone.id,
+                 dev, bs, workers, decode_id, ", compiled" if compile else "")
+        batches = datapath.iter_batches(mode, examples.paths, todo, backbone.preprocess, bs, dev, workers)
+        # Batch k's vectors travel to the host while batch k+1 is decoded and encoded: `pending` is batch k.
+        pending: tuple[np.ndarray, list[str], _HostCopy] | None = None
+        with progress(len(todo), f"embed {backbone.id}", "img", show_progress) as bar:
+
+            def finish(item: tuple[np.ndarray, list[str], _HostCopy]) -> None:
+                nonlocal vectors, n_encoded
+                idx_np, errs, host = item
+                out = host.numpy()
                 if vectors is None:
                     vectors = np.zeros((n, out.shape[1]), dtype=np.float32)
                 vectors[idx_np] = out
+                bad = [j for j, e in enumerate(errs) if e]
                 for j in bad:
                     vectors[idx_np[j]] = 0.0
                 ok[idx_np] = [not e for e in errs]
-                errors[idx_np] = list(errs)
+                errors[idx_np] = errs
                 filled[idx_np] = True
                 n_encoded += len(idx_np)
                 bar.update(len(idx_np))
                 if entry is not None:
                     _flush_shards(entry, bounds, done, filled, vectors, ok, errors)
+
+            try:
+                for batch in batches:
+                    bad = [j for j, e in enumerate(batch.errors) if e]
+                    if bad and not skip_bad_images:
+                        j = bad[0]
+                        raise BadImageError(str(examples.paths[batch.indices[j]]), batch.errors[j])
+                    host = _HostCopy(encode(batch.pixels))
+                    if pending is not None:
+                        finish(pending)
+                    pending = (batch.indices, batch.errors, host)
+                if pending is not None:
+                    item, pending = pending, None
+                    finish(item)
+            finally:
+                if pending is not None:  # an error stopped the loop: keep the batch that was already encoded
+                    try:
+                        finish(pending)
+                    except Exception as e:  # noqa: BLE001 - the original error is the one to report
+                        log.debug("could not keep the last encoded batch: %s", e)
         if entry is not None:
             _flush_shards(entry, bounds, done, filled, vectors, ok, errors)
     assert vectors is not None or n == 0
@@ -246,7 +334,8 @@ def embed(
         vectors = np.zeros((0, backbone.embed_dim), dtype=np.float32)
     if entry is not None and not (entry / "meta.json").exists():
         meta = {"key": key, "n": n, "dim": int(vectors.shape[1]), "backbone": backbone.cache_identity(),
-                "manifest": examples.manifest_hash(), "precision": _precision(dev), "created": time.time()}
+                "manifest": examples.manifest_hash(), "precision": _precision(dev), "decode": decode_id,
+                "compiled": compile, "created": time.time()}
         _atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
     err_map = {str(examples.ids[i]): str(errors[i]) for i in np.flatnonzero(~ok)}
     if err_map:
@@ -276,12 +365,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _default_workers(n_images: int) -> int:
-    if n_images < 256:
-        return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 def clear_cache(cache_dir: str | os.PathLike) -> int:

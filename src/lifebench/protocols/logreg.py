@@ -1,4 +1,4 @@
-"""L2-regularised multinomial logistic regression fit full-batch with L-BFGS in torch.
+"""L2-regularised logistic regression fit full-batch with L-BFGS in torch, many problems at once.
 
 The objective is scikit-learn's ``LogisticRegression(penalty="l2")``::
 
@@ -7,6 +7,25 @@ The objective is scikit-learn's ``LogisticRegression(penalty="l2")``::
 with ``w_i`` the sample weight times the class weight. It is strictly convex in ``W``, so for the same ``C``
 this and scikit-learn converge to the same solution. As in scikit-learn, two classes are fit as one
 binary logistic model (``coef_`` has one row) and more classes as a softmax over all classes.
+
+Why this design
+---------------
+* **One batched solver.** :func:`_lbfgs` minimises a grid of independent problems (tasks x regularisation
+  strengths) at once: one matrix product per function evaluation serves every problem, and each problem keeps
+  its own curvature pairs, step length and stopping test, so the answer equals solving the problems one by
+  one. This is what makes a C grid and many small binary tasks (:func:`fit_many_binary`, e.g. NeWT's 164)
+  cheap: small problems are bound by per-operation overhead (and, on a GPU, by kernel launches), which the
+  batch pays once. The loop reads back one small tensor per function evaluation.
+* **Batched grid or warm-started path.** When one ``C`` costs little arithmetic (at most ``_PATH_MACS``
+  multiply-adds per evaluation), the whole grid is solved as one batched problem (iterations = the slowest
+  ``C``). Otherwise the grid is walked from strong to weak regularisation, each fit warm-started from the
+  previous one: on a CPU a large problem is bound by arithmetic, and warm starts need about half the
+  iterations of cold ones. The rule looks only at the problem's size, never the device, so a CPU and a GPU
+  choose the same ``C``.
+* **Row-space coordinates when n < D.** With fewer training rows than features, the weights that matter
+  lie in the span of the rows (the penalty zeroes the rest), so the problem is solved exactly in the
+  ``rank``-dimensional coordinates of a thin SVD and mapped back: a 129 x 3072 problem costs as a
+  129 x 129 one.
 """
 
 from __future__ import annotations
@@ -14,17 +33,19 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.utils import check_random_state
 
 from lifebench.errors import ConfigError, DataError
 from lifebench.protocols.base import TorchClassifier, as_features, encode_labels, iter_row_chunks
 
-__all__ = ["DEFAULT_CS", "LogisticProbe"]
+__all__ = ["DEFAULT_CS", "LogisticProbe", "fit_many_binary"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +53,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_CS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 _METRICS = ("macro_f1", "accuracy")
-#: elements of an (rows x classes) block processed at once in the objective
+#: elements of a (tasks x rows x problems x classes) block of logits processed at once in the objective
 _BLOCK_ELEMS = 1 << 24
+#: tensor elements (padded design plus L-BFGS state) of one batch of tasks
+_CHUNK_ELEMS = 1 << 26
+#: L-BFGS keeps about this many parameter-sized tensors per problem (10 curvature pairs and the iterates)
+_STATE_COPIES = 26
+#: multiply-adds of one function evaluation of ONE C above which a single task's grid is walked as a path
+_PATH_MACS = 1 << 24
+#: Stop when an iteration lowers the objective by less than this relative amount. float64: scikit-learn's
+#: value. float32: the loss terms are rounded to ~1e-7 relative, so smaller decreases (which float64
+#: accumulation can still see) only chase rounding; iterating on costs many iterations and moves no prediction.
+_FTOL = {torch.float64: 64 * float(np.finfo(np.float64).eps), torch.float32: 1e-8}
 
 
 def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
@@ -72,109 +103,329 @@ def _stratified_holdout(
     return np.sort(np.concatenate(fit_parts)), np.sort(np.concatenate(val_parts))
 
 
-Objective = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
+# ---------------------------------------------------------------------------------------------------------
+# the batched objective
 
 
-def _objective(Z: torch.Tensor, y: torch.Tensor, swn: torch.Tensor, lam: float, binary: bool) -> Objective:
-    """The loss divided by the total sample weight, and its gradient, of ``theta = [W | b]``.
+class _Objective:
+    """Loss and gradient of a grid of independent L2 logistic problems that share design matrices.
 
-    ``swn`` are the normalised sample weights (summing to 1) and ``lam = 1 / (C * total weight)``.
-    Rows are processed in blocks so that the (rows x classes) logits stay small. The loss is accumulated
-    in float64 so that the line search can see small decreases in float32 runs.
+    Problems are indexed by ``(task t, slot s)``: task ``t`` owns the design rows ``Z[t]`` (m, p), their class
+    codes ``y[t]`` and normalised example weights ``w[t]`` (summing to 1; 0 marks padding), and slot ``s`` is
+    one regularisation strength ``lam[t, s]`` on them. For every problem with parameters ``theta = [W | b]``
+    (``rows`` x (p + 1)) the value is ``sum_i w_i CE_i + lam / 2 ||W||^2`` (scikit-learn's objective divided by
+    the total sample weight).
     """
-    n, d = Z.shape
-    yf = y.to(Z.dtype)
 
-    def fun(theta: torch.Tensor) -> tuple[float, torch.Tensor]:
-        W, b = theta[:, :d], theta[:, d]
-        chunk = max(1, _BLOCK_ELEMS // theta.shape[0])
-        grad = torch.zeros_like(theta)
-        grad[:, :d] = lam * W
-        loss = 0.5 * lam * float(torch.sum(W * W, dtype=torch.float64))
-        for sl in iter_row_chunks(n, chunk):
-            Zc, wc = Z[sl], swn[sl]
-            logits = Zc @ W.T + b
-            if binary:
-                z = logits[:, 0]
-                loss += float(
-                    torch.sum(wc * (torch.nn.functional.softplus(z) - yf[sl] * z), dtype=torch.float64)
-                )
-                G = ((torch.sigmoid(z) - yf[sl]) * wc)[:, None]
+    def __init__(
+        self, Z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, binary: bool
+    ) -> None:
+        self.Z, self.y, self.w, self.lam, self.binary = Z, y, w, lam, binary
+        self.yf = y.to(Z.dtype) if binary else None
+        self._minus_one = torch.tensor(-1.0, dtype=Z.dtype, device=Z.device)
+
+    def select(self, tasks: torch.Tensor | None, slots: torch.Tensor | None) -> _Objective:
+        """The same problems restricted to some tasks and slots (indices into the current grid)."""
+        sub = _Objective.__new__(_Objective)
+        sub.__dict__.update(self.__dict__)
+        if tasks is not None:
+            for name in ("Z", "y", "w", "lam", "yf"):
+                value = getattr(sub, name)
+                if value is not None:
+                    setattr(sub, name, value.index_select(0, tasks))
+        if slots is not None:
+            sub.lam = sub.lam.index_select(1, slots)
+        return sub
+
+    def __call__(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``theta`` (T, S, rows, p + 1) -> value (T, S) in float64 and gradient like ``theta``."""
+        Z, w = self.Z, self.w
+        n_tasks, m, p = Z.shape
+        n_slots, rows = theta.shape[1], theta.shape[2]
+        W = theta[..., :p]
+        Wt = W.reshape(n_tasks, n_slots * rows, p).transpose(1, 2)
+        b = theta[..., p].reshape(n_tasks, 1, n_slots * rows)
+        chunk = max(1, _BLOCK_ELEMS // (n_tasks * n_slots * rows))
+        loss = torch.zeros(n_tasks, n_slots, dtype=torch.float64, device=Z.device)
+        gW = gb = None
+        for sl in iter_row_chunks(m, chunk):
+            Zc, wc = Z[:, sl], w[:, sl, None]
+            logits = torch.baddbmm(b, Zc, Wt)  # (T, mc, S * rows)
+            if self.binary:
+                yc = self.yf[:, sl, None]
+                per = torch.nn.functional.softplus(logits).sub_(yc * logits)
+                loss += torch.sum(per.mul_(wc), dim=1, dtype=torch.float64)
+                G = torch.sigmoid(logits).sub_(yc).mul_(wc)
             else:
-                yc = y[sl]
-                lse = torch.logsumexp(logits, dim=1)
-                picked = logits.gather(1, yc[:, None])[:, 0]
-                loss += float(torch.sum(wc * (lse - picked), dtype=torch.float64))
-                G = logits.sub_(lse[:, None]).exp_()
-                G[torch.arange(G.shape[0], device=G.device), yc] -= 1
-                G *= wc[:, None]
-            grad[:, :d] += G.T @ Zc
-            grad[:, d] += G.sum(0)
-        return loss, grad
+                logits = logits.view(n_tasks, -1, n_slots, rows)
+                yc = self.y[:, sl, None, None].expand(-1, -1, n_slots, 1)
+                lse = torch.logsumexp(logits, dim=3, keepdim=True)
+                per = (lse - logits.gather(3, yc))[..., 0]
+                loss += torch.sum(per.mul_(wc), dim=1, dtype=torch.float64)
+                G = logits.sub_(lse).exp_()
+                G.scatter_add_(3, yc, self._minus_one.expand(yc.shape))
+                G = G.mul_(wc[..., None]).view(n_tasks, -1, n_slots * rows)
+            Gt = G.transpose(1, 2)
+            if gW is None:
+                gW, gb = torch.bmm(Gt, Zc), G.sum(1)
+            else:
+                gW.baddbmm_(Gt, Zc)
+                gb += G.sum(1)
+        assert gW is not None and gb is not None
+        lam = self.lam[..., None, None]
+        gW = gW.view(n_tasks, n_slots, rows, p).add_(W * lam)
+        loss += 0.5 * self.lam.double() * torch.sum(W * W, dim=(2, 3), dtype=torch.float64)
+        return loss, torch.cat([gW, gb.view(n_tasks, n_slots, rows, 1)], dim=-1)
 
-    return fun
+
+# ---------------------------------------------------------------------------------------------------------
+# batched L-BFGS
+
+_RUNNING, _GTOL, _FTOL_STOP, _LINESEARCH, _MAXITER = 0, 1, 2, 3, 4
+_REASONS = ("running", "gtol", "ftol", "linesearch", "max_iter")
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.sum(a * b, dtype=torch.float64))
+def _dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-problem inner products of (T, S, P) tensors, accumulated in float64: (T, S)."""
+    return torch.sum(a * b, dim=-1, dtype=torch.float64)
 
 
-def _lbfgs(
-    fun: Objective, x0: torch.Tensor, max_iter: int, gtol: float, history: int = 10
-) -> tuple[torch.Tensor, int, str]:
-    """Minimise a smooth convex ``fun`` with L-BFGS and a backtracking (Armijo) line search.
+@dataclass
+class _Result:
+    theta: torch.Tensor  # (T, S, rows, p + 1)
+    n_iter: np.ndarray  # (T, S) iterations of each problem
+    reason: np.ndarray  # (T, S) why each problem stopped: codes into _REASONS
 
-    Returns ``(x, n_iter, reason)``, the reason for stopping being one of: ``"gtol"``, the largest gradient
-    entry is at most ``gtol``; ``"ftol"``, an iteration lowered the loss by less than float64 rounding;
-    ``"linesearch"``, no step lowers the loss (the arithmetic's limit, common in float32); ``"max_iter"``.
-    Curvature pairs are kept only when ``s.y > 0``, which strict convexity guarantees up to rounding.
+
+def _lbfgs(fun: _Objective, theta0: torch.Tensor, max_iter: int, gtol: float, history: int = 10) -> _Result:
+    """Minimise every problem of ``fun`` from ``theta0`` (T, S, rows, p + 1) with L-BFGS.
+
+    Each problem is treated exactly as if it were solved alone: its own curvature pairs (kept only when
+    ``s.y > 0``), two-loop recursion, backtracking (Armijo) line search and stopping test. A problem stops when
+    its largest gradient entry is at most ``gtol`` ("gtol"), when an iteration lowers its value by less than
+    ``_FTOL`` relatively ("ftol"), when no step lowers it ("linesearch": the arithmetic's limit) or after
+    ``max_iter`` iterations. A stopped problem is frozen, and the tasks and slots in which every problem has
+    stopped leave the computation.
+
+    Host syncs: one small read-back per function evaluation (the line-search verdict and the number of
+    problems still running), so a GPU is never stalled by per-problem checks.
     """
-    x = x0.clone()
-    f, g = fun(x)
-    pairs: deque[tuple[torch.Tensor, torch.Tensor, float]] = deque(maxlen=history)
-    ftol = 64 * np.finfo(np.float64).eps
-    for it in range(max_iter):
-        if float(g.abs().max()) <= gtol:
-            return x, it, "gtol"
-        # two-loop recursion: d = -H g
+    n_tasks, n_slots = theta0.shape[:2]
+    shape = theta0.shape[2:]
+    dev = theta0.device
+    ftol = _FTOL[theta0.dtype]
+    out = theta0.clone()
+    out_iter = torch.zeros(n_tasks, n_slots, dtype=torch.int64, device=dev)
+    out_why = torch.zeros_like(out_iter)
+    task_ids = torch.arange(n_tasks, device=dev)
+    slot_ids = torch.arange(n_slots, device=dev)
+
+    x = theta0.reshape(n_tasks, n_slots, -1).clone()
+    f, g = fun(theta0)
+    g = g.reshape(x.shape)
+    iters = torch.zeros_like(out_iter)
+    first = g.abs().amax(-1) <= gtol
+    why = torch.where(first, _GTOL, _RUNNING)
+    active = ~first
+    pairs: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = deque(maxlen=history)
+    gamma = torch.ones(n_tasks, n_slots, dtype=torch.float64, device=dev)
+    gamma_c = gamma.to(x.dtype)
+    has_pairs = torch.zeros(n_tasks, n_slots, dtype=torch.bool, device=dev)
+    n_active = int(active.sum())
+
+    def store() -> None:
+        grid = (task_ids[:, None], slot_ids[None, :])
+        out[grid] = x.view(*x.shape[:2], *shape)
+        out_iter[grid] = iters
+        out_why[grid] = why
+
+    for _ in range(max_iter):
+        if n_active == 0:
+            break
+        # two-loop recursion, d = -H g, every problem with its own pairs (rho = 0 marks a skipped pair)
         q = g.clone()
         alphas = []
         for s, yv, rho in reversed(pairs):
-            a = rho * _dot(s, q)
-            q.sub_(yv, alpha=a)
+            a = torch.linalg.vecdot(s, q).mul_(rho)
+            q.sub_(yv * a[..., None])
             alphas.append(a)
-        if pairs:
-            s, yv, rho = pairs[-1]
-            q.mul_(1.0 / (rho * _dot(yv, yv)))
+        q.mul_(gamma_c[..., None])
         for (s, yv, rho), a in zip(pairs, reversed(alphas), strict=True):
-            q.add_(s, alpha=a - rho * _dot(yv, q))
+            q.add_(s * a.sub_(torch.linalg.vecdot(yv, q).mul_(rho))[..., None])
         direction = q.neg_()
-        gtd = _dot(g, direction)
-        if gtd >= 0:  # not a descent direction (rounding): restart from steepest descent
-            pairs.clear()
-            direction = -g
-            gtd = -_dot(g, g)
-        step = 1.0 if pairs else min(1.0, 1.0 / float(g.abs().sum()))
-        for _ in range(40):
-            x_new = x + step * direction
-            f_new, g_new = fun(x_new)
-            if f_new <= f + 1e-4 * step * gtd:
+        gtd = _dots(g, direction)
+        uphill = active & (gtd >= 0)  # rounding made it no descent direction: restart from steepest descent
+        direction = torch.where(uphill[..., None], -g, direction)
+        gtd = torch.where(uphill, -_dots(g, g), gtd)
+        fresh = ~has_pairs | uphill
+        step = torch.where(fresh, (1.0 / g.abs().sum(-1, dtype=torch.float64)).clamp(max=1.0), 1.0)
+
+        pending = active.clone()
+        x_new, f_new, g_new = x, f, g
+        for _trial in range(40):
+            x_try = x + step.to(x.dtype)[..., None] * direction
+            f_try, g_try = fun(x_try.view(*x.shape[:2], *shape))
+            ok = pending & (f_try <= f + 1e-4 * step * gtd)
+            x_new = torch.where(ok[..., None], x_try, x_new)
+            f_new = torch.where(ok, f_try, f_new)
+            g_new = torch.where(ok[..., None], g_try.view(x.shape), g_new)
+            pending &= ~ok
+            # what this iteration concludes if the line search ends here
+            accepted = active & ~pending
+            conv_g = accepted & (g_new.abs().amax(-1) <= gtol)
+            scale = torch.maximum(torch.maximum(f.abs(), f_new.abs()), torch.ones_like(f))
+            conv_f = accepted & ~conv_g & (f - f_new <= ftol * scale)
+            still = accepted & ~conv_g & ~conv_f
+            n_pending, n_still, n_uphill = torch.stack([pending.sum(), still.sum(), uphill.sum()]).tolist()
+            if n_pending == 0:
                 break
-            # minimiser of the quadratic through f, the slope gtd and f_new, kept within [0.1, 0.5] * step
-            denom = 2.0 * (f_new - f - gtd * step)
-            trial = -gtd * step * step / denom if denom > 0 else 0.5 * step
-            step = min(max(trial, 0.1 * step), 0.5 * step)
-        else:
-            return x, it, "linesearch"
+            # minimiser of the quadratic through f, the slope gtd and f_try, kept within [0.1, 0.5] * step
+            denom = 2.0 * (f_try - f - gtd * step)
+            trial = torch.where(denom > 0, -gtd * step * step / denom, 0.5 * step)
+            trial = torch.where(torch.isfinite(trial), trial, 0.5 * step)
+            step = torch.where(pending, torch.minimum(torch.maximum(trial, 0.1 * step), 0.5 * step), step)
+        why = torch.where(
+            pending, _LINESEARCH, torch.where(conv_g, _GTOL, torch.where(conv_f, _FTOL_STOP, why))
+        )
+        if n_uphill:
+            pairs = deque(((s, yv, torch.where(uphill, 0.0, rho)) for s, yv, rho in pairs), maxlen=history)
+            has_pairs &= ~uphill
+            gamma = torch.where(uphill, 1.0, gamma)
+            gamma_c = gamma.to(x.dtype)
         s_vec, y_vec = x_new - x, g_new - g
-        sy = _dot(s_vec, y_vec)
-        if sy > 1e-12 * _dot(y_vec, y_vec) and sy > 0:
-            pairs.append((s_vec, y_vec, 1.0 / sy))
-        decrease = f - f_new
-        x, f, g = x_new, f_new, g_new
-        if decrease <= ftol * max(abs(f), abs(f + decrease), 1.0):
-            return x, it + 1, "ftol"
-    return x, max_iter, "gtol" if float(g.abs().max()) <= gtol else "max_iter"
+        sy, yy = _dots(s_vec, y_vec), _dots(y_vec, y_vec)
+        valid = accepted & (sy > 1e-12 * yy) & (sy > 0)
+        pairs.append((s_vec, y_vec, torch.where(valid, 1.0 / sy, 0.0).to(x.dtype)))
+        gamma = torch.where(valid, sy / yy, gamma)
+        gamma_c = gamma.to(x.dtype)
+        has_pairs |= valid
+        iters += accepted
+        x, f, g, active = x_new, f_new, g_new, still
+        if 0 < n_still < n_active:
+            store()
+            keep_t = active.any(1).nonzero()[:, 0]
+            keep_s = active[keep_t].any(0).nonzero()[:, 0]
+            cut_t, cut_s = keep_t.numel() < active.shape[0], keep_s.numel() < active.shape[1]
+            if cut_t or cut_s:
+                # drop the tasks, and the slots, in which every problem has stopped
+
+                def cut(
+                    t: torch.Tensor, keep_t: torch.Tensor = keep_t, keep_s: torch.Tensor = keep_s
+                ) -> torch.Tensor:
+                    return t.index_select(0, keep_t).index_select(1, keep_s)
+
+                x, f, g, active, iters, why, gamma, gamma_c, has_pairs = map(
+                    cut, (x, f, g, active, iters, why, gamma, gamma_c, has_pairs)
+                )
+                pairs = deque(((cut(s), cut(yv), cut(rho)) for s, yv, rho in pairs), maxlen=history)
+                task_ids, slot_ids = task_ids[keep_t], slot_ids[keep_s]
+                fun = fun.select(keep_t if cut_t else None, keep_s if cut_s else None)
+        n_active = n_still
+    why = torch.where(active, _MAXITER, why)
+    store()
+    return _Result(out, out_iter.cpu().numpy(), out_why.cpu().numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# designs: the tasks of one batch, padded, in row-space coordinates when they have fewer rows than features
+
+
+@dataclass
+class _Design:
+    """The rows of a batch of tasks as the solver sees them.
+
+    ``Z`` (T, m, p) holds each task's rows padded to ``m`` (weight 0); when every task has fewer rows than
+    features, the columns are the task's row-space coordinates (``Z_t = U_t S_t`` of the thin SVD
+    ``Z_t = U_t S_t V_t^T``, padded to ``p`` columns) and ``V`` (T, d, p) maps them back: ``W = W' V^T``.
+    """
+
+    Z: torch.Tensor
+    y: torch.Tensor
+    w: torch.Tensor
+    totals: np.ndarray  # (T,) total example weight of each task
+    V: torch.Tensor | None
+    rows: int
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds of one function evaluation of one problem (logits and gradient)."""
+        return 2 * self.Z.shape[1] * self.Z.shape[2] * self.rows
+
+    def to_reduced(self, theta: torch.Tensor) -> torch.Tensor:
+        """(T, S, rows, d + 1) parameters in feature space -> the design's coordinates."""
+        if self.V is None:
+            return theta
+        n_tasks, n_slots, rows, d1 = theta.shape
+        W = torch.bmm(theta[..., : d1 - 1].reshape(n_tasks, n_slots * rows, d1 - 1), self.V)
+        return torch.cat([W.view(n_tasks, n_slots, rows, -1), theta[..., d1 - 1 :]], dim=-1)
+
+    def to_features(self, theta: torch.Tensor) -> torch.Tensor:
+        """(T, S, rows, p + 1) parameters in the design's coordinates -> feature space."""
+        if self.V is None:
+            return theta
+        n_tasks, n_slots, rows, p1 = theta.shape
+        W = torch.bmm(theta[..., : p1 - 1].reshape(n_tasks, n_slots * rows, p1 - 1), self.V.transpose(1, 2))
+        return torch.cat([W.view(n_tasks, n_slots, rows, -1), theta[..., p1 - 1 :]], dim=-1)
+
+
+def _row_space(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-space coordinates ``U S`` (m, r) and basis ``V`` (d, r) of ``Z`` (m, d), from a float64 thin SVD.
+
+    ``r`` is the numerical rank (singular values above ``s_max * max(m, d) * eps``, as numpy's
+    ``matrix_rank``); directions below it carry no data, so their optimal weights are zero.
+    """
+    U, s, Vh = torch.linalg.svd(Z.double(), full_matrices=False)
+    keep = s > s[0] * max(Z.shape) * np.finfo(np.float64).eps if s.numel() else s > 0
+    r = int(keep.sum())
+    return (U[:, :r] * s[:r]).to(Z.dtype), Vh[:r].T.to(Z.dtype)
+
+
+def _design(
+    Zs: Sequence[torch.Tensor], codes: Sequence[np.ndarray], weights: Sequence[np.ndarray], k: int
+) -> _Design:
+    """Pad a batch of tasks (standardised rows, class codes, example weights) into one :class:`_Design`."""
+    n_tasks = len(Zs)
+    m = max(Z.shape[0] for Z in Zs)
+    d = Zs[0].shape[1]
+    dev, dtype = Zs[0].device, Zs[0].dtype
+    V = None
+    if m < d:
+        reduced = [_row_space(Z) for Z in Zs]
+        p = max(1, max(r.shape[1] for r, _ in reduced))
+        Z = torch.zeros(n_tasks, m, p, dtype=dtype, device=dev)
+        V = torch.zeros(n_tasks, d, p, dtype=dtype, device=dev)
+        for t, (coords, basis) in enumerate(reduced):
+            Z[t, : coords.shape[0], : coords.shape[1]] = coords
+            V[t, :, : basis.shape[1]] = basis
+    elif n_tasks == 1:
+        Z = Zs[0][None]
+    else:
+        Z = torch.zeros(n_tasks, m, d, dtype=dtype, device=dev)
+        for t, Zt in enumerate(Zs):
+            Z[t, : Zt.shape[0]] = Zt
+    y = np.zeros((n_tasks, m), dtype=np.int64)
+    w = np.zeros((n_tasks, m))
+    totals = np.array([wt.sum() for wt in weights], dtype=np.float64)
+    for t, (c, wt) in enumerate(zip(codes, weights, strict=True)):
+        y[t, : c.size], w[t, : c.size] = c, wt / totals[t]
+    return _Design(
+        Z,
+        torch.as_tensor(y, device=dev),
+        torch.as_tensor(w, dtype=dtype, device=dev),
+        totals,
+        V,
+        rows=1 if k == 2 else k,
+    )
+
+
+@dataclass
+class _Fitted:
+    """What fitting one task chose: its ``C``, held-out scores, parameters (rows, d + 1) and iterations."""
+
+    C: float
+    val_scores: dict[float, float]
+    theta: torch.Tensor
+    n_iter: int
 
 
 class LogisticProbe(TorchClassifier):
@@ -184,15 +435,17 @@ class LogisticProbe(TorchClassifier):
     ----------
     C : float or None
         Inverse L2 strength, as in scikit-learn. ``None`` chooses it from ``Cs``: a seeded, stratified
-        ``val_fraction`` of train is held out, each ``C`` is fit on the rest (warm-started from strong to weak
-        regularisation), the ``C`` with the best ``selection_metric`` on the held-out part wins (ties go to the
-        smaller ``C``), and the model is refit on all of train with it.
+        ``val_fraction`` of train is held out, every ``C`` of the grid is fit on the rest, the ``C`` with the best
+        ``selection_metric`` on the held-out part wins (ties go to the smaller ``C``), and the model is refit on
+        all of train with it.
     Cs : sequence of float
         Grid searched when ``C`` is None. The default runs from 1e-4 to 100 in half-decade steps (13 values).
         It covers scikit-learn's default (1) and BioBench's search range for standardised features (1e-3..10),
         reaches one decade lower for few-shot training sets, where the penalty weighs most against the data
         term, and stops at 100, where the fit is close to unregularised. Held-out scores change slowly with
-        ``C``, so half-decade steps lose little, and warm starts keep the 13 fits cheap.
+        ``C``, so half-decade steps lose little. Every ``C`` is fit from scratch on the fitting part: a small
+        problem solves the whole grid as one batched problem, a large one walks it warm-started (see the
+        module docstring); both solve the same problems to the same tolerance.
     val_fraction : float
         Share of each class held out for choosing ``C`` (a class keeps at least one example for fitting).
     selection_metric : {"macro_f1", "accuracy"}
@@ -204,7 +457,9 @@ class LogisticProbe(TorchClassifier):
         centred). This makes one ``C`` grid fit every backbone. The same statistics serve the held-out search.
     max_iter, tol : int, float
         L-BFGS iteration limit and tolerance on the largest gradient entry of the objective divided by the total
-        sample weight (scikit-learn's ``gtol``).
+        sample weight (scikit-learn's ``gtol``; with fewer rows than features, in row-space coordinates). A fit
+        also stops when an iteration lowers the objective by less than 64 float64 epsilons relatively (1e-8 in
+        float32, the resolution of float32 loss terms).
     dtype : {"float32", "float64"}
         Precision of fitting and scoring; inputs of any float type (float16 too) are converted.
     device : str
@@ -216,6 +471,7 @@ class LogisticProbe(TorchClassifier):
     ``z``, it gives ``(-z/2, z/2)``, so ``predict_proba`` is the softmax of the scores in every case.
     The refit on all of train is warm-started from the chosen ``C``'s solution on the fitting part; the objective
     has one minimum, so this changes only the number of iterations.
+    Many binary probes on shared features (e.g. NeWT's tasks) are fit together by :func:`fit_many_binary`.
 
     Attributes
     ----------
@@ -319,39 +575,40 @@ class LogisticProbe(TorchClassifier):
                 f"training labels hold only the class {classes[0]!r}; a classifier needs at least two"
             )
         sw = self._sample_weight(sample_weight, n)
-
         mean, scale = self._statistics(Xt)
-        mean_t = torch.as_tensor(mean, dtype=dtype, device=device)
-        scale_t = torch.as_tensor(scale, dtype=dtype, device=device)
-        Z = (Xt - mean_t) / scale_t if self.standardize else Xt
+        Z = self._standardized(Xt, mean, scale)
         del Xt
-        codes_t = torch.as_tensor(codes, device=device)
-        k = len(classes)
+        (fitted,) = self._fit_tasks([Z], [codes], [sw], len(classes))
+        self._set_fitted(classes, mean, scale, fitted)
+        return self
 
-        init = None
-        if self.C is None:
-            chosen, val_scores, init = self._select_C(Z, codes, codes_t, sw, k)
-        else:
-            chosen, val_scores = float(self.C), {}
-        W, b, n_iter = self._solve(Z, codes_t, sw, k, chosen, init)
-
+    def _set_fitted(self, classes: np.ndarray, mean: np.ndarray, scale: np.ndarray, fitted: _Fitted) -> None:
+        device, dtype = self._common_checks()
+        d = mean.shape[0]
+        W, b = fitted.theta[:, :d].contiguous(), fitted.theta[:, d].contiguous()
         self.classes_ = classes
         self.n_features_in_ = d
         self.dtype_ = dtype
         self.device_ = device
         self.mean_ = mean
         self.scale_ = scale
-        self.C_ = chosen
-        self.val_scores_ = val_scores
-        self.n_iter_ = n_iter
+        self.C_ = fitted.C
+        self.val_scores_ = fitted.val_scores
+        self.n_iter_ = fitted.n_iter
         W64, b64 = W.double().cpu().numpy(), b.double().cpu().numpy()
         self.coef_ = W64 / scale
         self.intercept_ = b64 - self.coef_ @ mean
         self._w = W
         self._b = b
-        self._mean_t = mean_t
-        self._scale_t = scale_t
-        return self
+        self._mean_t = torch.as_tensor(mean, dtype=dtype, device=device)
+        self._scale_t = torch.as_tensor(scale, dtype=dtype, device=device)
+
+    def _standardized(self, Xt: torch.Tensor, mean: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+        if not self.standardize:
+            return Xt
+        mean_t = torch.as_tensor(mean, dtype=Xt.dtype, device=Xt.device)
+        scale_t = torch.as_tensor(scale, dtype=Xt.dtype, device=Xt.device)
+        return (Xt - mean_t) / scale_t
 
     def _sample_weight(self, sample_weight: Any, n: int) -> np.ndarray:
         if sample_weight is None:
@@ -391,85 +648,177 @@ class LogisticProbe(TorchClassifier):
         cw[present] = sw.sum() / (present.sum() * per_class[present])
         return sw * cw[codes]
 
-    def _select_C(
-        self, Z: torch.Tensor, codes: np.ndarray, codes_t: torch.Tensor, sw: np.ndarray, k: int
-    ) -> tuple[float, dict[float, float], tuple[torch.Tensor, torch.Tensor] | None]:
-        grid = sorted(float(c) for c in self.Cs)
-        rng = check_random_state(self.random_state)
-        fit_idx, val_idx = _stratified_holdout(codes, k, float(self.val_fraction), rng)
-        counts = np.bincount(codes, minlength=k)
-        if val_idx.size == 0:
-            fallback = min(grid, key=lambda c: (abs(math.log10(c)), c))
-            logger.warning(
-                "no class has two or more training examples, so nothing can be held out to choose C; "
-                "using C=%g from the grid (pass C= to set it)",
-                fallback,
-            )
-            return fallback, {}, None
-        if (counts < 2).any():
-            logger.warning(
-                "%d of %d classes have a single training example; they are fitted but absent from the "
-                "held-out part used to choose C",
-                int((counts < 2).sum()),
+    def _fit_tasks(
+        self,
+        Zs: Sequence[torch.Tensor],
+        codes: Sequence[np.ndarray],
+        sws: Sequence[np.ndarray],
+        k: int,
+        names: Sequence[str] | None = None,
+    ) -> list[_Fitted]:
+        """Fit one model per task (standardised rows ``Zs[t]``, class codes ``codes[t]`` in ``range(k)``).
+
+        Every task gets what :meth:`fit` would give it alone: its own held-out split (from a fresh
+        ``check_random_state(random_state)``), grid search and refit; the tasks are solved together.
+        """
+        n_tasks = len(Zs)
+        names = names or [""] * n_tasks
+        chosen = [math.nan if self.C is None else float(self.C)] * n_tasks
+        scores: list[dict[float, float]] = [{} for _ in range(n_tasks)]
+        inits: list[torch.Tensor | None] = [None] * n_tasks
+        if self.C is None:
+            grid = sorted(float(c) for c in self.Cs)
+            splits = {}
+            for t in range(n_tasks):
+                split = self._holdout(codes[t], k, names[t])
+                if split is None:
+                    chosen[t] = min(grid, key=lambda c: (abs(math.log10(c)), c))
+                    logger.warning(
+                        "%sno class has two or more training examples, so nothing can be held out to "
+                        "choose C; using C=%g from the grid (pass C= to set it)",
+                        names[t],
+                        chosen[t],
+                    )
+                else:
+                    splits[t] = split
+            metric = _macro_f1 if self.selection_metric == "macro_f1" else _accuracy
+            for part in self._task_chunks(
+                [(t, splits[t][0].size) for t in splits], Zs[0].shape[1], len(grid), k
+            ):
+                fits = [splits[t][0] for t in part]
+                design = _design(
+                    [Zs[t][torch.as_tensor(f, device=Zs[t].device)] for t, f in zip(part, fits, strict=True)],
+                    [codes[t][f] for t, f in zip(part, fits, strict=True)],
+                    [self._weights(codes[t][f], sws[t][f], k) for t, f in zip(part, fits, strict=True)],
+                    k,
+                )
+                theta = self._solve_grid(design, grid)
+                del design
+                for i, t in enumerate(part):
+                    val = splits[t][1]
+                    pred = _predict_codes(Zs[t][torch.as_tensor(val, device=Zs[t].device)], theta[i])
+                    scores[t] = {c: metric(codes[t][val], pred[:, s], k) for s, c in enumerate(grid)}
+                    best = max(range(len(grid)), key=lambda s, t=t: (scores[t][grid[s]], -s))
+                    chosen[t], inits[t] = grid[best], theta[i, best]
+                    logger.info(
+                        "%schose C=%g (%s %.4f on %d held-out examples)",
+                        names[t],
+                        chosen[t],
+                        self.selection_metric,
+                        scores[t][chosen[t]],
+                        val.size,
+                    )
+        out: list[_Fitted] = []
+        for part in self._task_chunks([(t, Z.shape[0]) for t, Z in enumerate(Zs)], Zs[0].shape[1], 1, k):
+            design = _design(
+                [Zs[t] for t in part],
+                [codes[t] for t in part],
+                [self._weights(codes[t], sws[t], k) for t in part],
                 k,
             )
-        fit_t = torch.as_tensor(fit_idx, device=Z.device)
-        Z_fit, y_fit = Z[fit_t], codes_t[fit_t]
-        Z_val = Z[torch.as_tensor(val_idx, device=Z.device)]
-        y_val = codes[val_idx]
-        metric = _macro_f1 if self.selection_metric == "macro_f1" else _accuracy
-        scores: dict[float, float] = {}
-        best_c, best_score, best_params = grid[0], -math.inf, None
-        params = None
-        for c in grid:
-            W, b, _ = self._solve(Z_fit, y_fit, sw[fit_idx], k, c, params, codes=codes[fit_idx])
-            params = (W, b)
-            pred = self._logits(Z_val, W, b).argmax(dim=1).cpu().numpy()
-            scores[c] = metric(y_val, pred, k)
-            if scores[c] > best_score:
-                best_c, best_score, best_params = c, scores[c], params
-        logger.info(
-            "chose C=%g (%s %.4f on %d held-out examples)",
-            best_c,
-            self.selection_metric,
-            best_score,
-            val_idx.size,
-        )
-        return best_c, scores, best_params
+            res = self._run(design, np.array([[chosen[t]] for t in part]), [inits[t] for t in part])
+            theta = design.to_features(res.theta)
+            out += [
+                _Fitted(chosen[t], scores[t], theta[i, 0], int(res.n_iter[i, 0])) for i, t in enumerate(part)
+            ]
+        return out
 
-    def _solve(
-        self,
-        Z: torch.Tensor,
-        y: torch.Tensor,
-        sw: np.ndarray,
-        k: int,
-        C: float,
-        init: tuple[torch.Tensor, torch.Tensor] | None,
-        codes: np.ndarray | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Minimise the objective for one ``C``; returns ``(W, b, n_iter)`` in standardised space."""
-        d = Z.shape[1]
-        rows = 1 if k == 2 else k
-        codes = y.cpu().numpy() if codes is None else codes
-        w_all = self._weights(codes, sw, k)
-        total = float(w_all.sum())
-        swn = torch.as_tensor(w_all / total, dtype=Z.dtype, device=Z.device)
-        if init is None:
-            theta0 = torch.zeros(rows, d + 1, dtype=Z.dtype, device=Z.device)
-        else:
-            theta0 = torch.cat([init[0], init[1][:, None]], dim=1)
-        fun = _objective(Z, y, swn, 1.0 / (C * total), binary=rows == 1)
-        theta, n_iter, reason = _lbfgs(fun, theta0, int(self.max_iter), float(self.tol))
-        if reason == "max_iter":
+    def _holdout(self, codes: np.ndarray, k: int, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (fitting part, held-out part) of one task, or None when nothing can be held out."""
+        rng = check_random_state(self.random_state)
+        fit_idx, val_idx = _stratified_holdout(codes, k, float(self.val_fraction), rng)
+        if val_idx.size == 0:
+            return None
+        counts = np.bincount(codes, minlength=k)
+        if (counts == 1).any():
             logger.warning(
-                "L-BFGS reached max_iter=%d before the gradient fell below tol=%g (C=%g); raise max_iter or tol",
-                n_iter,
-                self.tol,
-                C,
+                "%s%d of %d classes have a single training example; they are fitted but absent from the "
+                "held-out part used to choose C",
+                name,
+                int((counts == 1).sum()),
+                k,
             )
-        else:
-            logger.debug("L-BFGS stopped after %d iterations (%s) at C=%g", n_iter, reason, C)
-        return theta[:, :d].contiguous(), theta[:, d].contiguous(), n_iter
+        return fit_idx, val_idx
+
+    @staticmethod
+    def _task_chunks(sized: list[tuple[int, int]], d: int, n_slots: int, k: int) -> list[list[int]]:
+        """Group ``(task, n_rows)`` pairs, in order, so that a group's padded design and L-BFGS state stay
+        within ``_CHUNK_ELEMS`` elements; a task too large for that forms a group of its own."""
+        rows = 1 if k == 2 else k
+        groups: list[list[int]] = []
+        widest = 0
+        for t, m in sized:
+            p = min(m, d)
+            cost = m * p + n_slots * rows * (p + 1) * _STATE_COPIES
+            grown = max(widest, cost)
+            if groups and (len(groups[-1]) + 1) * grown <= _CHUNK_ELEMS:
+                groups[-1].append(t)
+                widest = grown
+            else:
+                groups.append([t])
+                widest = cost
+        return groups
+
+    def _solve_grid(self, design: _Design, grid: list[float]) -> torch.Tensor:
+        """Fit every task of ``design`` at every ``C`` of ``grid``; (T, S, rows, d + 1) in feature space.
+
+        Small problems are solved as one batched problem; a single large task walks the grid from strong to
+        weak regularisation, each fit warm-started from the previous one.
+        """
+        n_tasks = design.Z.shape[0]
+        if n_tasks > 1 or design.macs <= _PATH_MACS:
+            res = self._run(design, np.tile(grid, (n_tasks, 1)), None)
+            return design.to_features(res.theta)
+        thetas: list[torch.Tensor] = []
+        for c in grid:
+            res = self._run(design, np.array([[c]]), [thetas[-1][0, 0]] if thetas else None, reduced=True)
+            thetas.append(res.theta)
+        return design.to_features(torch.cat(thetas, dim=1))
+
+    def _run(
+        self,
+        design: _Design,
+        Cs: np.ndarray,
+        inits: Sequence[torch.Tensor | None] | None,
+        reduced: bool = False,
+    ) -> _Result:
+        """Minimise the objective of task ``t`` at ``C = Cs[t, s]`` for every slot ``s``, starting from zero or
+        from ``inits[t]`` (rows, d + 1) in feature space (design coordinates when ``reduced``); the result stays
+        in design coordinates."""
+        n_tasks, _, p = design.Z.shape
+        dev, dtype = design.Z.device, design.Z.dtype
+        lam = 1.0 / (Cs * design.totals[:, None])
+        fun = _Objective(
+            design.Z,
+            design.y,
+            design.w,
+            torch.as_tensor(lam, dtype=dtype, device=dev),
+            binary=design.rows == 1,
+        )
+        theta0 = torch.zeros(n_tasks, Cs.shape[1], design.rows, p + 1, dtype=dtype, device=dev)
+        if inits is not None and any(init is not None for init in inits):
+            d = p if reduced or design.V is None else design.V.shape[1]
+            blank = torch.zeros(design.rows, d + 1, dtype=dtype, device=dev)
+            start = torch.stack([blank if init is None else init for init in inits])
+            theta0[:, 0] = start if reduced else design.to_reduced(start[:, None])[:, 0]
+        res = _lbfgs(fun, theta0, int(self.max_iter), float(self.tol))
+        capped = res.reason == _MAXITER
+        if capped.any():
+            logger.warning(
+                "L-BFGS reached max_iter=%d before the gradient fell below tol=%g in %d of %d fits (C=%s); "
+                "raise max_iter or tol",
+                self.max_iter,
+                self.tol,
+                int(capped.sum()),
+                capped.size,
+                sorted({float(c) for c in Cs[capped]}),
+            )
+        logger.debug(
+            "L-BFGS iterations %s, stopped by %s",
+            res.n_iter.tolist(),
+            [[_REASONS[r] for r in row] for row in res.reason.tolist()],
+        )
+        return res
 
     # ------------------------------------------------------------------ scoring
 
@@ -498,3 +847,103 @@ class LogisticProbe(TorchClassifier):
             "val_scores": {repr(float(c)): float(s) for c, s in self.val_scores_.items()},
             "n_iter": int(self.n_iter_),
         }
+
+
+def _predict_codes(Z: torch.Tensor, theta: torch.Tensor) -> np.ndarray:
+    """Predicted class codes (n, S) of rows ``Z`` (n, d) under each of the S models ``theta`` (S, rows, d + 1)."""
+    n_slots, rows, d1 = theta.shape
+    W = theta[..., : d1 - 1].reshape(n_slots * rows, d1 - 1)
+    b = theta[..., d1 - 1].reshape(n_slots * rows)
+    preds = []
+    for sl in iter_row_chunks(Z.shape[0], max(1, _BLOCK_ELEMS // (n_slots * rows))):
+        logits = torch.addmm(b, Z[sl], W.T).view(-1, n_slots, rows)
+        preds.append((logits[..., 0] > 0).long() if rows == 1 else logits.argmax(-1))
+    return torch.cat(preds).cpu().numpy()
+
+
+def fit_many_binary(X: Any, tasks: Sequence[tuple[Any, Any]], **params: Any) -> list[LogisticProbe]:
+    """Fit one binary :class:`LogisticProbe` per task on rows of shared features, all tasks at once.
+
+    Parameters
+    ----------
+    X : array (n, D)
+        Features shared by every task (e.g. the embeddings of all of NeWT's images).
+    tasks : sequence of (rows, labels)
+        Per task, its training rows of ``X`` (integer indices, or a boolean mask of length n) and their labels,
+        which must hold exactly two classes.
+    **params
+        :class:`LogisticProbe` hyperparameters (``C``, ``Cs``, ``class_weight``, ``device``, ...), shared by all tasks.
+
+    Returns
+    -------
+    list of LogisticProbe
+        Fitted probes, one per task in order, each equal (to the solver's tolerance) to
+        ``LogisticProbe(**params).fit(X[rows], labels)``: the same standardisation on the task's own rows, the
+        same held-out split and ``C`` choice, the same refit. Score a task's test rows with its probe.
+
+    Raises
+    ------
+    ConfigError
+        A hyperparameter is unknown or has a bad value.
+    DataError
+        ``X`` is not a finite 2-D matrix, or a task's rows or labels are malformed or do not hold two classes.
+    """
+    template = LogisticProbe()
+    unknown = sorted(set(params) - set(template.get_params()))
+    if unknown:
+        raise ConfigError(
+            f"fit_many_binary got unknown LogisticProbe parameters {unknown}; "
+            f"valid ones: {', '.join(sorted(template.get_params()))}"
+        )
+    template.set_params(**params)
+    template._check_params()
+    device, dtype = template._common_checks()
+    Xt = as_features(X, dtype=dtype, device=device)
+    n = Xt.shape[0]
+    Zs, codes, sws, kept = [], [], [], []
+    for i, task in enumerate(tasks):
+        try:
+            rows, labels = task
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"task {i} must be a (rows, labels) pair, got {type(task).__name__}") from exc
+        idx = _task_rows(rows, n, i)
+        classes, c = encode_labels(labels, idx.size)
+        if len(classes) != 2:
+            raise DataError(
+                f"task {i} has {len(classes)} classes ({list(classes[:5])}); fit_many_binary fits two-class "
+                "tasks: use LogisticProbe for others"
+            )
+        Xi = Xt[torch.as_tensor(idx, device=device)]
+        mean, scale = template._statistics(Xi)
+        Zs.append(template._standardized(Xi, mean, scale))
+        codes.append(c)
+        sws.append(np.ones(idx.size))
+        kept.append((classes, mean, scale))
+    if not Zs:
+        return []
+    fitted = template._fit_tasks(Zs, codes, sws, 2, names=[f"task {i}: " for i in range(len(Zs))])
+    probes = []
+    for (classes, mean, scale), fit in zip(kept, fitted, strict=True):
+        probe = clone(template)
+        probe._set_fitted(classes, mean, scale, fit)
+        probes.append(probe)
+    return probes
+
+
+def _task_rows(rows: Any, n: int, i: int) -> np.ndarray:
+    """A task's training rows as integer indices into ``n`` feature rows."""
+    arr = np.asarray(rows)
+    if arr.dtype == np.bool_:
+        if arr.shape != (n,):
+            raise DataError(
+                f"task {i}: a boolean row mask must have length {n} (one per feature row), got {arr.shape}"
+            )
+        arr = np.flatnonzero(arr)
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(
+            f"task {i}: rows must be a non-empty 1-D array of integer indices or a boolean mask, got "
+            f"dtype {arr.dtype} shape {arr.shape}"
+        )
+    if arr.min() < 0 or arr.max() >= n:
+        raise DataError(f"task {i}: row indices must lie in [0, {n}), got [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int64)
