@@ -146,7 +146,7 @@ def data_images_per_s(backbone, paths: list[str], device: torch.device, batch_si
     """The data path alone (read, decode, resize, crop, normalise; no model): images/s."""
     mode = datapath.resolve_decode(decode, device)
     idx = np.arange(len(paths))
-    workers = datapath.default_workers(len(paths), mode) if workers is None else workers
+    workers = datapath.default_workers(len(paths), mode, device) if workers is None else workers
     t0 = time.perf_counter()
     for batch in datapath.iter_batches(mode, np.array(paths), idx, backbone.preprocess, batch_size, device, workers):
         last = batch.pixels
@@ -159,7 +159,7 @@ def run_model(name: str, paths: list[str], device: torch.device, args) -> dict:
     backbone.to(device)
     bs = args.batch_size or features.auto_batch_size(backbone, device)
     mode = datapath.resolve_decode(args.decode, device)
-    workers = args.workers if args.workers is not None else datapath.default_workers(len(paths), mode)
+    workers = args.workers if args.workers is not None else datapath.default_workers(len(paths), mode, device)
     row = {"model": name, "batch_size": bs, "decode": datapath.decode_identity(mode, device), "workers": workers,
            "compile": args.compile}
     if args.data_only:

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fits", type=int, default=14, help="probe fits per task: C grid (13) + refit")
     ap.add_argument("--overhead-s", type=float, default=60.0, help="one-off: model load, batch search, compile")
     ap.add_argument("--benchmark-only", action="store_true", help="leave out the prior-work tasks")
+    ap.add_argument("--skip", default="", help="comma-separated tasks to leave out, e.g. kabr,mammalnet")
     args = ap.parse_args(argv)
 
     if args.embed_ips:
@@ -138,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
         probe_ref = measure_probe(str(resolve_device(args.device)), args.dim)
 
-    tasks = [t for t in TASKS if not (args.benchmark_only and t.prior_work)]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - {t.name for t in TASKS}
+    if unknown:
+        raise SystemExit(f"unknown task(s) {sorted(unknown)} in --skip; tasks: {[t.name for t in TASKS]}")
+    tasks = [t for t in TASKS if not (args.benchmark_only and t.prior_work) and t.name not in skip]
     print(f"embedding rate: {rate:.1f} images/s ({rate_src}); probe: "
           + (f"{args.probe_seconds:.1f} s per task" if args.probe_seconds is not None else
              f"measured {probe_ref:.2f} s per fit of 4096 x {args.dim} x 64 classes, scaled" if probe_ref else

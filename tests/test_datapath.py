@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from conftest import TinyBackbone, write_image
 from lifebench import features
-from lifebench.backbones.base import Preprocess
+from lifebench.backbones.base import Backbone, Preprocess
 from lifebench.datapath import (
     apply_orientation,
     decode_jpegs,
@@ -246,12 +246,15 @@ def test_auto_decode_and_bad_decode_names():
 
 
 def test_default_workers_leave_a_core_for_the_model(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr("lifebench.datapath._cores", lambda: 16)
-    assert default_workers(100, "pil") == 0
-    assert default_workers(10_000, "pil") == 15
-    assert default_workers(10_000, "tensor") == 8
+    assert default_workers(100, "pil", cuda) == 0
+    assert default_workers(10_000, "pil", cuda) == 15
+    assert default_workers(10_000, "tensor", cuda) == 8
+    assert default_workers(10_000, "pil-draft", cpu) == 2  # the model already uses every core
     monkeypatch.setattr("lifebench.datapath._cores", lambda: 2)
-    assert default_workers(10_000, "pil-draft") == 1
+    assert default_workers(10_000, "pil-draft", cuda) == 1
+    assert default_workers(10_000, "pil-draft", cpu) == 0
 
 
 def test_timm_vectors_from_tensor_path_equal_pil_path(tmp_path):
@@ -290,10 +293,11 @@ def test_compile_pads_every_batch_to_one_shape_and_compiles_once(tmp_path, monke
     plain = embed(bb, ex, device="cpu", batch_size=4, num_workers=0, show_progress=False)
     comp = embed(bb, ex, device="cpu", batch_size=4, num_workers=0, show_progress=False, compile=True)
     embed(bb, ex, device="cpu", batch_size=4, num_workers=0, show_progress=False, compile=True, decode="pil")
-    assert set(shapes) == {(4, 3, 8, 8)} and len(shapes) == 6  # 4 + 4 + 2 padded to 4, twice
-    assert len(compiles) == 1 and compiles[0]["dynamic"] is False
+    assert {shape[0] for shape in shapes} == {4} and len(shapes) == 6  # batches 4 + 4 + 2 padded to 4, twice
+    assert len(compiles) == 1 and compiles[0]["dynamic"] is False  # TinyBackbone's module has no children
     np.testing.assert_allclose(comp.vectors, plain.vectors, rtol=1e-6, atol=1e-6)
     assert comp.key != plain.key
+    assert bb.module._compiled_call_impl is None  # eager again outside embed(compile=True)
 
 
 def testauto_batch_size_is_searched_once_per_backbone(monkeypatch):
@@ -331,3 +335,45 @@ def test_jpeg_orientation_from_the_header_matches_exif_transpose(tmp_path):
     raw = decode_jpegs([torch.frombuffer(bytearray(open(path, "rb").read()), dtype=torch.uint8)],
                        torch.device("cpu"))[0]
     np.testing.assert_array_equal(apply_orientation(raw, 8).permute(1, 2, 0).numpy(), upright)
+
+
+class _Tokens(torch.nn.Module):
+    """A class token expanded over the batch, as in a ViT: what inductor trips on inside inference_mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 3, generator=g), requires_grad=False)
+        self.proj = torch.nn.Linear(3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
+        return self.proj(tokens).mean(1)
+
+
+class _GuardedBackbone(Backbone):
+    """Enters inference_mode inside encode_images, as the timm and open_clip adapters do."""
+
+    family, pooling, embed_dim = "test", "mean", 5
+
+    def __init__(self) -> None:
+        self.module = torch.nn.Sequential(_Tokens()).eval()
+        self.id = "test:guarded"
+        self.preprocess = Preprocess(crop=8, resize=8, interpolation="bilinear")
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(pixels)
+
+
+def test_real_torch_compile_works_when_the_backbone_enters_inference_mode_itself(tmp_path):
+    # torch.compile(backbone.encode_images) fails here in inductor ("Cannot set version_counter for inference
+    # tensor"); embed compiles the module's children instead. This runs the real compiler (a few seconds).
+    rng = np.random.default_rng(0)
+    paths = [str(write_image(tmp_path / f"{i}.png", rng, size=(20 + i, 18))) for i in range(6)]
+    ex = Examples(ids=np.arange(6).astype(str), paths=np.array(paths), labels=np.array(["a"] * 6))
+    bb = _GuardedBackbone()
+    plain = embed(bb, ex, device="cpu", batch_size=4, num_workers=0, show_progress=False)
+    comp = embed(bb, ex, device="cpu", batch_size=4, num_workers=0, show_progress=False, compile=True)
+    np.testing.assert_allclose(comp.vectors, plain.vectors, rtol=1e-5, atol=1e-6)
+    assert all(m._compiled_call_impl is None for m in bb.module.children())

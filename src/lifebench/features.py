@@ -22,6 +22,7 @@ once per backbone object and device and reused by later calls (other tasks).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,24 +173,46 @@ def auto_batch_size(backbone: Backbone, device: torch.device, start: int = 512) 
     raise ConfigError(f"backbone {backbone.id!r} does not fit on {device} even with batch size 1")
 
 
+def _compiled_parts(backbone: Backbone) -> list[tuple[torch.nn.Module, Callable]]:
+    """``torch.compile`` of each direct child of the backbone's module (or of the module if it has none).
+
+    Compiled once per backbone object. The children, not ``encode_images`` itself: backbones enter
+    ``torch.inference_mode()`` inside ``encode_images``, and inductor cannot trace into that context
+    ("Cannot set version_counter for inference tensor"), while a child called inside it compiles fine.
+    """
+    parts = backbone.__dict__.get(_COMPILED_MEMO)
+    if parts is None:
+        modules = list(backbone.module.children()) or [backbone.module]
+        parts = [(m, torch.compile(m._call_impl, dynamic=False)) for m in modules]
+        backbone.__dict__[_COMPILED_MEMO] = parts
+    return parts
+
+
+@contextlib.contextmanager
+def _use_compiled(parts: list[tuple[torch.nn.Module, Callable]]) -> Iterator[None]:
+    """Route calls of the compiled modules to their compiled versions inside the block only (as
+    ``nn.Module.compile`` does, but undone afterwards, so eager callers of the backbone stay eager)."""
+    for module, compiled in parts:
+        module._compiled_call_impl = compiled
+    try:
+        yield
+    finally:
+        for module, _ in parts:
+            module._compiled_call_impl = None
+
+
 def make_encoder(backbone: Backbone, device: torch.device, batch_size: int, compile: bool = False  # noqa: A002
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward pass :func:`embed` runs: (n <= batch_size, 3, H, W) pixels on ``device`` -> (n, D) float32.
 
     On CUDA it runs under bf16 autocast with the input (and the module) in channels-last layout. With
-    ``compile`` the model is compiled once per backbone object (reused by later calls) and every batch is
-    padded to ``batch_size`` rows, so a short last batch does not trigger a recompilation.
+    ``compile`` the model's parts are compiled once per backbone object (reused by later calls) and every
+    batch is padded to ``batch_size`` rows, so a short last batch does not trigger a recompilation.
     """
     cuda = device.type == "cuda"
-    fn: Callable[[torch.Tensor], torch.Tensor] = backbone.encode_images
     if cuda:
         backbone.module.to(memory_format=torch.channels_last)
-    if compile:
-        compiled = backbone.__dict__.get(_COMPILED_MEMO)
-        if compiled is None:
-            compiled = torch.compile(backbone.encode_images, dynamic=False)
-            backbone.__dict__[_COMPILED_MEMO] = compiled
-        fn = compiled
+    parts = _compiled_parts(backbone) if compile else []
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         n = len(pixels)
@@ -198,8 +221,9 @@ def make_encoder(backbone: Backbone, device: torch.device, batch_size: int, comp
             pixels = torch.cat([pixels, pad])
         if cuda:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            out = fn(pixels)
+        with _use_compiled(parts), torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16,
+                                                                          enabled=cuda):
+            out = backbone.encode_images(pixels)
         return out[:n].float()
 
     return encode
@@ -279,7 +303,7 @@ def embed(
         if entry is not None:
             entry.mkdir(parents=True, exist_ok=True)
         bs = batch_size or auto_batch_size(backbone, dev)
-        workers = datapath.default_workers(len(todo), mode) if num_workers is None else num_workers
+        workers = datapath.default_workers(len(todo), mode, dev) if num_workers is None else num_workers
         encode = make_encoder(backbone, dev, bs, compile)
         filled = np.zeros(n, dtype=bool)
         filled[~np.isin(np.arange(n), todo)] = True
