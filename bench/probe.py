@@ -3,7 +3,7 @@
 Both probes are fit on the SAME synthetic features in ONE run and scored on the same held-out test set:
 
 * ``biobench``: our own re-implementation of BioBench's ``LinearProbeClassifier`` (the comparison baseline,
-  see /work/shared/reference/biobench.md section 3): ``LayerNorm(D) -> Linear(D, C)``, AdamW (lr 3e-4, weight
+  see the BioBench reference notes (shared/reference/biobench.md) section 3): ``LayerNorm(D) -> Linear(D, C)``, AdamW (lr 3e-4, weight
   decay 1e-2 on the weight matrix only), cosine schedule from lr to 1e-2 * lr with no warm-up, plain
   cross-entropy, batches of 2048 from a shuffling ``DataLoader`` over a ``TensorDataset``, a fixed 10,000
   steps, no validation or search. On CUDA it runs under ``autocast`` + ``GradScaler`` as BioBench does; on a

@@ -4,7 +4,7 @@
     total         = sum over tasks  +  one-off overhead (model load, batch-size search, compile)
 
 Each image is embedded once (lifebench caches embeddings, so the n_train grid and reruns reuse them) and
-video tasks embed every sampled frame. Image counts come from /work/shared/reference/biobench.md
+video tasks embed every sampled frame. Image counts come from the BioBench reference notes (shared/reference/biobench.md)
 (sections 1.1/1.2); counts it does not give are marked "assumed" below, with the reason.
 
 Inputs:
@@ -48,7 +48,7 @@ class Task:
         return (self.train + self.test) * self.frames
 
 
-# Counts: "md" = /work/shared/reference/biobench.md; "assumed" = not given there (reason stated).
+# Counts: "md" = the BioBench reference notes (shared/reference/biobench.md); "assumed" = not given there (reason stated).
 TASKS = [
     Task("beluga", 5_902, 0, 788, source="assumed: md gives no count; LILA Beluga ID 2022 has 5,902 images of "
          "788 individuals, embedded once (leave-one-out kNN, no test split)"),
