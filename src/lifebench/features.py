@@ -23,12 +23,12 @@ once per backbone object and device and reused by later calls (other tasks).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +39,9 @@ import torch
 
 from lifebench import datapath
 from lifebench.backbones.base import Backbone
+from lifebench.device import resolve_device
 from lifebench.errors import BadImageError, ConfigError
+from lifebench.fsutil import atomic_write
 from lifebench.progress import progress
 from lifebench.tasks.base import Examples
 
@@ -69,19 +71,6 @@ class Embeddings:
     seconds: float = 0.0
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks CUDA when available, else CPU; an unavailable device is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
-    return dev
-
-
 def _precision(device: torch.device) -> str:
     return "bf16-autocast" if device.type == "cuda" else "fp32"
 
@@ -108,17 +97,8 @@ def _shard_path(entry: Path, s: int) -> Path:
     return entry / f"shard-{s:05d}.npz"
 
 
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _savez(f, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(f, **arrays)
 
 
 def _load_shard(path: Path, rows: int):
@@ -360,7 +340,7 @@ def embed(
         meta = {"key": key, "n": n, "dim": int(vectors.shape[1]), "backbone": backbone.cache_identity(),
                 "manifest": examples.manifest_hash(), "precision": _precision(dev), "decode": decode_id,
                 "compiled": compile, "created": time.time()}
-        _atomic_write_text(entry / "meta.json", json.dumps(meta, indent=1))
+        atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     err_map = {str(examples.ids[i]): str(errors[i]) for i in np.flatnonzero(~ok)}
     if err_map:
         log.warning("%d of %d images could not be read and are left out (first: %s: %s)", len(err_map), n,
@@ -379,16 +359,9 @@ def _raise_first_bad(examples, ok, errors, done, bounds) -> None:
 def _flush_shards(entry, bounds, done, filled, vectors, ok, errors) -> None:
     for s, (a, b) in enumerate(bounds):
         if not done[s] and filled[a:b].all():
-            _atomic_savez(_shard_path(entry, s), vectors=vectors[a:b], ok=ok[a:b],
-                          errors=np.asarray(errors[a:b], dtype=str))
+            shard = {"vectors": vectors[a:b], "ok": ok[a:b], "errors": np.asarray(errors[a:b], dtype=str)}
+            atomic_write(_shard_path(entry, s), functools.partial(_savez, arrays=shard))
             done[s] = True
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def clear_cache(cache_dir: str | os.PathLike) -> int:
