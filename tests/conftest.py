@@ -145,3 +145,25 @@ def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory):
     cfg_path.write_text(json.dumps(TINY_CLIP))
     oc.add_model_config(cfg_path)
     return oc
+
+
+@pytest.fixture
+def serve_task(http_server, monkeypatch):
+    """``serve_task(name) -> (mirror spec, files, handler)``: the task's fixture files on the local HTTP server and
+    the catalog pointing `lifebench download` at them (:meth:`TaskSpec.mirrored`: pinned checksums become the
+    served files', so every download is still verified)."""
+    from lifebench.tasks import catalog
+
+    url, handler = http_server
+
+    def serve(name: str, **fixture_options):
+        spec = catalog.get_info(name)
+        base = f"{url}/{name}"
+        files = spec.mirrored(base).fixture(spec.mirrored(base), **fixture_options)
+        for path, data in files.items():
+            handler.files[f"/{name}/{path}"] = data
+        mirror = spec.mirrored(base, files)
+        monkeypatch.setitem(catalog._SPECS, name, mirror)
+        return mirror, files, handler
+
+    return serve

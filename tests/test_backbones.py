@@ -507,6 +507,12 @@ def test_hf_clip_image_and_text_features(transformers, tmp_path: Path) -> None:
     txt = getattr(txt, "pooler_output", txt)
     torch.testing.assert_close(b.encode_images(x), img, rtol=0, atol=0)
     torch.testing.assert_close(b.encode_text(texts), txt, rtol=0, atol=0)
+    # zero-shot scores with the model's own learned scale, as CLIP's own logits_per_image do
+    assert b.logit_scale == pytest.approx(float(ref.logit_scale.exp()))
+    with torch.no_grad():
+        ref.logit_scale.fill_(np.log(37.5))
+    b.module.load_state_dict(ref.state_dict())
+    assert b.logit_scale == pytest.approx(37.5)
 
 
 def test_hf_checkpoint_missing_weights_is_an_error(transformers, tmp_path: Path) -> None:

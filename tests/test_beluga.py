@@ -340,7 +340,7 @@ def test_unannotated_images_are_left_out_and_the_first_annotation_labels(archive
 
 def test_catalog_entry():
     info = CATALOG["beluga"]
-    assert info.implemented and info.module == "lifebench.tasks.ecology.beluga"
+    assert info.module == "lifebench.tasks.ecology.beluga"
     assert (info.n_train, info.n_test, info.metric) == (5902, 5902, "macro_f1")
 
 
@@ -383,3 +383,16 @@ def test_run_end_to_end_with_pixels_then_report_mean_ap(archive, tmp_path, capsy
     assert main(["-q", "report", "--store", str(store), "--metric", "mean_ap", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "mean_ap" in out and "1.000" in out
+
+
+def test_n_train_is_refused_in_one_line(archive, tmp_path, capsys):
+    """Leave-one-out re-ID has no training side to shrink (BioBench's Beluga ignores n_train): one line, no run."""
+    data_root = tmp_path / "data"
+    _placed(data_root / "beluga", archive)
+    code = main(["-q", "run", "--task", "beluga", "--data-root", str(data_root), "--model", "pixels",
+                 "--store", str(tmp_path / "s.sqlite"), "--workers", "0", "--n-train", "4"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert ("task 'beluga' is scored leave-one-out (each image is a query against all the others), so it has no "
+            "training set to shrink: run it without --n-train") in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1

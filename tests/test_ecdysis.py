@@ -23,12 +23,12 @@ from lifebench.tasks.ecology import ecdysis
 
 
 def _csv_bytes(files: dict[str, bytes]) -> bytes:
-    with zipfile.ZipFile(io.BytesIO(files[ecdysis.EXPORT_PATH])) as z:
-        return z.read("metadata.csv")
+    with zipfile.ZipFile(io.BytesIO(files[ecdysis.EXPORT_PATH + ecdysis.EXPORT_QUERY])) as z:
+        return z.read(ecdysis.EXPORT_MEMBER)
 
 
 def _csv_rows(files: dict[str, bytes]) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(_csv_bytes(files).decode())))
+    return list(csv.DictReader(io.StringIO(_csv_bytes(files).decode("utf-8-sig"))))
 
 
 def _image_paths(files: dict[str, bytes]) -> list[str]:
@@ -40,14 +40,17 @@ def _label(r: dict[str, str]) -> str:
 
 
 def _biobench_split(rows: list[dict[str, str]]) -> tuple[set[str], set[str]]:
-    """Reference: BioBench's split (stable sort by visit_date, earliest int(0.8 n) train), rows in id order."""
+    """Reference: BioBench's split (stable sort by visit_date, earliest int(0.8 n) train), rows in id order.
+
+    Mirrors biobench@6376d97 src/biobench/ecdysis/__init__.py Dataset.__init__ (a 1-row label: int(0.8) = 0 train).
+    """
     by_label: dict[str, list[dict[str, str]]] = {}
     for r in sorted(rows, key=lambda r: int(r["id"])):
         by_label.setdefault(_label(r), []).append(r)
     train, test = set(), set()
     for members in by_label.values():
         members.sort(key=lambda r: r["visit_date"])
-        k = int(0.8 * len(members)) if len(members) > 1 else 1  # ours: a 1-row label trains (BioBench: tests)
+        k = int(0.8 * len(members))
         train |= {r["id"] for r in members[:k]}
         test |= {r["id"] for r in members[k:]}
     return train, test
@@ -83,7 +86,9 @@ def _image_requests(handler) -> Counter:
 
 def test_fixture_has_the_real_columns_and_absolute_image_urls(served):
     url, _, files = served
-    header = _csv_bytes(files).decode().split("\n", 1)[0]
+    data = _csv_bytes(files)
+    assert data.startswith(b"\xef\xbb\xbf")  # pandas to_csv(encoding="utf-8-sig"), as the portal writes it
+    header = data.decode("utf-8-sig").split("\n", 1)[0]
     assert tuple(header.split(",")) == ecdysis.COLUMNS
     rows = _csv_rows(files)
     assert all(r["public_url"].startswith(f"{url}{ecdysis.IMAGE_PATH}/") for r in rows)
@@ -192,10 +197,10 @@ def test_missing_metadata_and_a_page_without_an_export_link(served, tmp_path):
     with pytest.raises(DataError, match="no metadata.csv in .*run: lifebench download ecdysis"):
         ecdysis.load(tmp_path)
     handler.files[ecdysis.PAGE_PATH] = b'<html><a href="/other.zip">x</a></html>'
-    with pytest.raises(DataError, match="no .csv.zip link on"):
+    with pytest.raises(DataError, match="no link to the reviewed export"):
         ecdysis.download(tmp_path / "e", page_url=url + ecdysis.PAGE_PATH, show_progress=False)
     # A relative link is resolved against the page.
-    handler.files[ecdysis.PAGE_PATH] = f'<a href="{ecdysis.EXPORT_PATH}">CSV</a>'.encode()
+    handler.files[ecdysis.PAGE_PATH] = f'<a href="{ecdysis.EXPORT_PATH}{ecdysis.EXPORT_QUERY}">CSV</a>'.encode()
     ecdysis.download(tmp_path / "e", page_url=url + ecdysis.PAGE_PATH, show_progress=False)
     assert ecdysis.missing(tmp_path / "e") is None
 
@@ -215,9 +220,10 @@ def test_temporal_split_is_biobench_s_with_test_rows_never_earlier(served, tmp_p
     for label, n in counts.items():
         tr = [by_id[i]["visit_date"] for i in train if _label(by_id[i]) == label]
         te = [by_id[i]["visit_date"] for i in test if _label(by_id[i]) == label]
-        assert (len(tr), len(te)) == ((1, 0) if n == 1 else (4 * n // 5, n - 4 * n // 5))
-        assert not te or max(tr) <= min(te)
+        assert (len(tr), len(te)) == (4 * n // 5, n - 4 * n // 5)
+        assert not tr or max(tr) <= min(te)
     assert task.metric == "macro_f1" and task.protocol == "logreg" and task.split_source.startswith("temporal")
+    assert task.open_set  # the 1-row label is a test class without training images, as in BioBench
 
     # The CSV's row order does not matter; ties in visit_date go by id (the smaller id trains).
     shuffled = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))]
@@ -242,7 +248,7 @@ def test_temporal_split_keeps_both_sides_for_every_label_of_two_or_more():
         train, test = ecdysis.temporal_split(labels, dates, ids)
         assert sorted(train.tolist() + test.tolist()) == list(range(n + 2))
         n_test_a = sum(1 for i in test.tolist() if labels[i] == "a")
-        assert n_test_a == (0 if n == 1 else n - int(0.8 * n)) and (n == 1 or 1 <= n_test_a < n)
+        assert n_test_a == n - int(0.8 * n) and (n == 1 or 1 <= n_test_a < n)
 
 
 def test_cli_downloads_then_runs_ecdysis_end_to_end(served, tmp_path, capsys, monkeypatch):

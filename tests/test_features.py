@@ -165,3 +165,117 @@ def test_worker_processes_give_the_same_vectors(tmp_path):
     a = embed(TinyBackbone(), ex, cache_dir=None, device="cpu", num_workers=0, batch_size=5)
     b = embed(TinyBackbone(), ex, cache_dir=None, device="cpu", num_workers=2, batch_size=5)
     np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+# ---------------------------------------------------------------------- image decoding (issue 12, defect 10)
+
+def test_cache_misses_when_the_decoding_changes_and_hits_when_it_does_not(tmp_path):
+    from PIL import Image
+
+    ex = _examples(tmp_path / "img", n=6)
+    arr = np.zeros((24, 30, 4), dtype=np.uint8)
+    arr[..., 0], arr[:, :15, 3] = 200, 255  # a half-transparent cut-out
+    Image.fromarray(arr, "RGBA").save(ex.paths[2])
+    cache = tmp_path / "cache"
+    runs = {d: embed(TinyBackbone(), ex, cache_dir=cache, device="cpu", num_workers=0, decode=d)
+            for d in ("lifebench", "full", "reference")}
+    assert [r.n_encoded for r in runs.values()] == [6, 6, 6]
+    assert len({r.key for r in runs.values()}) == 3
+    again = embed(TinyBackbone(), ex, cache_dir=cache, device="cpu", num_workers=0, decode="reference")
+    assert again.n_encoded == 0 and again.key == runs["reference"].key
+    # the transparent image embeds differently; the opaque PNGs are the same pixels under every decoding
+    assert not np.allclose(runs["reference"].vectors[2], runs["lifebench"].vectors[2])
+    np.testing.assert_allclose(runs["reference"].vectors[[0, 1, 3]], runs["lifebench"].vectors[[0, 1, 3]])
+    with Image.open(ex.paths[2]) as img:
+        x = TinyBackbone().preprocess(img.convert("RGB"))[None]
+    with torch.inference_mode():
+        np.testing.assert_allclose(runs["reference"].vectors[2], TinyBackbone().encode_images(x).numpy()[0],
+                                   rtol=1e-6, atol=1e-6)
+
+
+def _cutout_folder(root: Path) -> Path:
+    """Two classes of four PNGs each; every image a cut-out whose transparent half stores a colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for c, colour in (("ant", (200, 30, 30)), ("bee", (30, 200, 30))):
+        for i in range(4):
+            arr = np.zeros((36, 40, 4), dtype=np.uint8)
+            arr[..., :3] = (rng.integers(0, 256, (36, 40, 3)) * 0.3 + np.asarray(colour) * 0.7).astype(np.uint8)
+            arr[:, : 20 + i, 3] = 255
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr, "RGBA").save(root / c / f"{c}{i}.png")
+    return root
+
+
+def test_embed_decode_option_reaches_the_embedding(tmp_path):
+    """``lifebench embed --decode reference`` exports the pixels backbone's view of ``Image.open(p).convert("RGB")``;
+    the default composites the transparent half on white."""
+    import csv
+
+    from PIL import Image
+
+    from lifebench.backbones import load_backbone
+    from lifebench.cli import main
+
+    folder = _cutout_folder(tmp_path / "cutouts")
+    out = {}
+    for decode in ("reference", "lifebench"):
+        path = tmp_path / f"{decode}.npy"
+        assert main(["-q", "embed", "--task", str(folder), "--model", "pixels", "--out", str(path), "--device", "cpu",
+                     "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--decode", decode]) == 0
+        with open(path.with_suffix(".ids.csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        out[decode] = (np.load(path), rows)
+    vectors, rows = out["reference"]
+    pre = load_backbone("pixels").preprocess
+    for row in rows:
+        label, ident = row["label"], row["id"]
+        (file,) = [p for p in (folder / label).iterdir() if p.stem in ident]
+        with Image.open(file) as img:
+            want = pre(img.convert("RGB")).flatten().numpy()
+        np.testing.assert_allclose(vectors[int(row["row"])], want, atol=1e-6)
+        assert not np.allclose(out["lifebench"][0][int(row["row"])], want)
+
+
+def test_decode_is_part_of_the_job_config_only_when_not_the_default(tmp_path):
+    """Results under different decodings never share a config hash; the default keeps earlier hashes."""
+    from lifebench.runner import expand
+    from lifebench.runner.sweep import load as load_sweep
+    from lifebench.tasks import resolve_task
+
+    task = resolve_task(str(_cutout_folder(tmp_path / "cutouts")))
+    (plain,) = expand([task], ["pixels"], ["knn"])
+    (default,) = expand([task], ["pixels"], ["knn"], settings={"decode": "lifebench", "answer_scoring": "strict"})
+    (ref,) = expand([task], ["pixels"], ["knn"], settings={"decode": "reference", "answer_scoring": "strict"})
+    (full,) = expand([task], ["pixels"], ["knn"], settings={"decode": "full"})
+    assert plain.config_hash == default.config_hash and "decode" not in default.config()
+    assert ref.config()["decode"] == "reference" and full.config()["decode"] == "full"
+    assert len({default.config_hash, ref.config_hash, full.config_hash}) == 3
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('models = ["pixels"]\ntasks = ["x"]\nstore = "r.sqlite"\ndecode = "reference"\n')
+    argv = load_sweep(sweep).run_argv
+    assert argv[argv.index("--decode") + 1] == "reference"
+
+
+def test_run_decode_option_is_a_new_experiment_embedded_with_that_decoding(tmp_path, capsys):
+    from lifebench.backbones import load_backbone
+    from lifebench.cli import main
+    from lifebench.store import Store
+    from lifebench.tasks import resolve_task
+
+    folder = _cutout_folder(tmp_path / "cutouts")
+    argv = ["-q", "run", "--task", str(folder), "--model", "pixels", "--protocol", "knn", "--param", "n_neighbors=1",
+            "--device", "cpu", "--workers", "0", "--store", str(tmp_path / "r.sqlite"), "--cache-dir",
+            str(tmp_path / "cache"), "--no-report", "--test-size", "0.5"]
+    assert main(argv) == 0
+    assert main([*argv, "--decode", "reference"]) == 0
+    assert "1 experiments run, 0 already in the store" in capsys.readouterr().out.splitlines()[-1]
+    with Store(tmp_path / "r.sqlite") as store:
+        exps = {e.config.get("decode", "lifebench"): e for e in store.experiments()}
+    assert set(exps) == {"lifebench", "reference"}
+    task = resolve_task(str(folder), test_size=0.5)
+    want = embed(load_backbone("pixels"), task.examples, cache_dir=tmp_path / "cache", device="cpu", num_workers=0,
+                 decode="reference")
+    assert want.n_encoded == 0 and exps["reference"].fit_info["embedding_key"] == want.key
+    assert exps["lifebench"].fit_info["embedding_key"] != want.key

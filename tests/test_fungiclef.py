@@ -350,3 +350,26 @@ def test_end_to_end_run_scores_observations(files, tmp_path, capsys):
     t = preds.y_true.astype(int)
     score = get_metric("fungiclef_score").fn(preds.y_true, np.stack([preds.extra["cost"], preds.extra["worst"]], 1))
     assert score == pytest.approx(_user_loss_score_normalized(t, codes, np.array([2])), abs=1e-12)
+
+
+def test_n_train_scores_unseen_species_as_known_like_biobench(files, tmp_path, capsys):
+    """With --n-train the probe sees fewer species; "unknown" truth stays the metadata's class_id -1 (the whole
+    training class set), so the stored costs give BioBench's user_loss_score_normalized on the same predictions."""
+    data_root = tmp_path / "data"
+    _placed(data_root / "fungiclef", files)
+    store = tmp_path / "s.sqlite"
+    assert main(["-q", "run", "--task", "fungiclef", "--data-root", str(data_root), "--model", "pixels",
+                 "--store", str(store), "--workers", "0", "--n-train", "2"]) == 0
+    assert "fungiclef@n2" in capsys.readouterr().out
+    with Store(store) as s:
+        (exp,) = s.experiments(task="fungiclef@n2")
+        preds = s.predictions(exp.id)
+    sub = fungiclef.load(data_root / "fungiclef").with_n_train(2, seed=0)  # what the run trained on
+    seen = set(sub.examples.labels[sub.train_idx].tolist())
+    assert len(seen) == 2 and exp.n_train == 2
+    unseen = ({"0", "1", "2"} - seen).pop()
+    assert unseen in preds.y_true.tolist()  # an observation of the species the probe never saw is scored
+    codes = np.array([-1 if c == UNKNOWN else int(c) for c in preds.y_pred])
+    score = get_metric("fungiclef_score").fn(preds.y_true, np.stack([preds.extra["cost"], preds.extra["worst"]], 1))
+    assert score == pytest.approx(_user_loss_score_normalized(preds.y_true.astype(int), codes, np.array([2])),
+                                  abs=1e-12)

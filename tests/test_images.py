@@ -117,3 +117,89 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     img.save(tmp_path / "o.jpg", exif=exif)
     assert load_rgb(tmp_path / "o.jpg").size == (10, 20)
+
+
+# ------------------------------------------------------------------- decoding "reference" (issue 12, defect 10)
+
+def transparent_png(path):
+    """A cut-out: the left half opaque green, the right half fully transparent but storing red (as many cut-out
+    PNGs do), so compositing on white and dropping the alpha channel give different pixels."""
+    arr = np.zeros((40, 48, 4), dtype=np.uint8)
+    arr[..., 1] = np.linspace(40, 220, 48, dtype=np.uint8)[None, :]
+    arr[:, 24:, :3] = (230, 10, 10)
+    arr[:, :24, 3] = 255
+    Image.fromarray(arr, "RGBA").save(path)
+    return path
+
+
+def rotated_jpeg(path, size=(256, 160)):
+    """A JPEG stored sideways with EXIF orientation 6, large enough for draft decoding at 1/2 or more."""
+    x = np.linspace(0, 255, size[0], dtype=np.float64)[None, :, None]
+    y = np.linspace(0, 255, size[1], dtype=np.float64)[:, None, None]
+    arr = np.concatenate([np.broadcast_to(x, (size[1], size[0], 1)), np.broadcast_to(y, (size[1], size[0], 1)),
+                          np.full((size[1], size[0], 1), 90.0)], axis=2).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr, "RGB").save(path, quality=92, exif=exif)
+    return path
+
+
+def test_reference_decoding_is_image_open_convert_rgb_and_lifebench_differs(tmp_path):
+    from lifebench.images import load_reference
+
+    for p in (transparent_png(tmp_path / "cutout.png"), rotated_jpeg(tmp_path / "sideways.jpg")):
+        with Image.open(p) as img:
+            want = np.asarray(img.convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(load_reference(p)), want)
+        assert np.asarray(load_rgb(p)).shape != want.shape or (np.asarray(load_rgb(p)) != want).any()
+    ref = np.asarray(load_reference(tmp_path / "cutout.png"))
+    np.testing.assert_array_equal(ref[5, 40], [230, 10, 10])  # the stored colour under alpha 0
+    np.testing.assert_array_equal(np.asarray(load_rgb(tmp_path / "cutout.png"))[5, 40], [255, 255, 255])
+    assert load_reference(tmp_path / "sideways.jpg").size == (256, 160)  # not rotated
+    assert load_rgb(tmp_path / "sideways.jpg").size == (160, 256)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(BadImageError, match="empty"):
+        load_reference(tmp_path / "empty.png")
+
+
+def test_reference_pixels_equal_open_clips_transform_on_every_path(tmp_path, tiny_open_clip):
+    """Under decode "reference" the pixels a backbone sees are open_clip's own eval transform applied to
+    ``Image.open(p).convert("RGB")`` (what BioCLIP's and CLIP_benchmark's loaders feed it), on the worker data path
+    and through ``resolve_decode``; under the default they differ on both files."""
+    import torch
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from lifebench import datapath
+    from lifebench.backbones import load_backbone
+
+    torch.manual_seed(3)
+    model = tiny_open_clip.create_model("lbtest-tiny-clip", pretrained=None, pretrained_text=False).eval()
+    theirs = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    b = load_backbone("open_clip:lbtest-tiny-clip@random:3")
+    paths = np.array([str(transparent_png(tmp_path / "cutout.png")), str(rotated_jpeg(tmp_path / "sideways.jpg"))])
+    cpu = torch.device("cpu")
+    assert datapath.resolve_decode("reference", cpu) == "reference"
+    assert datapath.resolve_decode("lifebench", cpu) == "pil-draft" and datapath.resolve_decode("full", cpu) == "pil"
+    (batch,) = datapath.iter_batches("reference", paths, np.arange(2), b.preprocess, 8, cpu, 0)
+    (default,) = datapath.iter_batches(datapath.resolve_decode("lifebench", cpu), paths, np.arange(2), b.preprocess,
+                                       8, cpu, 0)
+    for k, p in enumerate(paths):
+        with Image.open(p) as img:
+            want = theirs(img.convert("RGB"))
+        assert (batch.pixels[k] - want).abs().max().item() < 1e-5
+        assert (default.pixels[k] - want).abs().max().item() > 0.1
+
+
+def test_the_gpu_path_never_takes_reference_or_full_and_a_bad_mode_is_one_line():
+    """The nvJPEG path applies lifebench's policy only, so "reference" and "full" go through PIL workers on CUDA too
+    (no device needed to check the mapping); an unknown mode names the choices."""
+    import torch
+
+    from lifebench.datapath import resolve_decode
+    from lifebench.errors import ConfigError
+
+    cuda = torch.device("cuda")
+    assert resolve_decode("reference", cuda) == "reference" and resolve_decode("full", cuda) == "pil"
+    with pytest.raises(ConfigError, match=r"^unknown decode mode 'plain'; use lifebench, full, reference") as e:
+        resolve_decode("plain", cuda)
+    assert "\n" not in str(e.value)

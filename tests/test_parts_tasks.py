@@ -96,6 +96,9 @@ def test_fishnet_download_and_load(served, tmp_path):
     expected = ["1" if r["FeedingPath"] == "pelagic" else "0" for r in rows]
     assert feeding.labels[task.test_idx].tolist() == expected
     assert task.examples.ids[task.test_idx[0]] == f"Image_Library/{rows[0]['Folder']}/{rows[0]['image']}"
+    # the second row names its image by a FishBase URL, as 8,495 rows of the real test.csv do: the file name counts
+    assert rows[1]["image"].startswith("https://www.fishbase.se/images/species/")
+    assert task.examples.ids[task.test_idx[1]] == f"Image_Library/{rows[1]['Folder']}/{rows[1]['image'].split('/')[-1]}"
 
     bad = bytearray(archives["fishnet"][fishnet.IMAGES_ZIP])
     bad[-30] ^= 0xFF
@@ -148,3 +151,34 @@ def test_newt_and_fishnet_end_to_end(served, tmp_path, capsys):
     acc = build_leaderboard(store, tasks=["newt"]).cells[0]
     assert acc.point == pytest.approx(float(np.mean(nw.y_true == nw.y_pred)))
     assert acc.point > 0.75  # the fixture's label-1 images are brighter in one channel
+
+
+def test_newt_and_fishnet_run_with_n_train(served, tmp_path, capsys):
+    """--n-train on tasks with parts: BioBench's meanings (NeWT: half of each label per task; FishNet: N images
+    shared by every trait). It used to be refused."""
+    data = tmp_path / "data"
+    newt.download(data / "newt", show_progress=False)
+    fishnet.download(data / "fishnet", show_progress=False)
+    store = tmp_path / "s.sqlite"
+    args = ["-q", "run", "--data-root", str(data), "--model", "pixels", "--store", str(store), "--workers", "0"]
+    assert main([*args, "--task", "newt", "--task", "fishnet", "--n-train", "4", "--seed", "1"]) == 0
+    assert "newt@n4 (accuracy, n=12)" in capsys.readouterr().out
+    with Store(store) as s:
+        exps = {e.task: e for e in s.experiments()}
+    assert sorted(exps) == ["fishnet@n4", "newt@n4"]
+    assert all(info["n_train"] == 4 for info in exps["newt@n4"].fit_info["parts"].values())
+    assert all(info["n_train"] == 4 for info in exps["fishnet@n4"].fit_info["parts"].values())
+    task = newt.load(data / "newt").with_n_train(4, seed=1)
+    for part in task.parts:  # 2 images of each label (the fixture has 4 of each per task)
+        assert np.unique(part.labels[part.train_idx], return_counts=True)[1].tolist() == [2, 2]
+
+
+def test_fishnet_n_train_is_one_uniform_draw_shared_by_every_trait(served, tmp_path):
+    fishnet.download(tmp_path / "fishnet", show_progress=False)
+    task = fishnet.load(tmp_path / "fishnet")
+    eight, twelve = task.with_n_train(8, seed=1), task.with_n_train(12, seed=1)
+    assert eight.name == "fishnet@n8" and len(eight.train_idx) == 8
+    assert all(p.train_idx.tolist() == eight.train_idx.tolist() for p in eight.parts)  # one draw, as BioBench's
+    assert set(eight.train_idx) < set(twelve.train_idx) <= set(task.train_idx)  # nested, from train only
+    assert all(p.test_idx.tolist() == task.test_idx.tolist() for p in eight.parts)
+    assert eight.train_idx.tolist() != task.with_n_train(8, seed=2).train_idx.tolist()

@@ -162,3 +162,115 @@ def test_a_probe_is_never_scored_on_its_own_training_images(tmp_path):
         (few,) = run_jobs(expand([everyone], ["pixels"], ["few-shot"], shots=[2]), store,
                           RunOptions(cache_dir=tmp_path / "c", device="cpu", num_workers=0, show_progress=False))
         assert few.status == "done" and len(store.predictions(few.experiment_id)) == len(task.examples) - 2 * 3
+
+
+def _kind_task(**fields):
+    """Six examples of two classes (no image files: the kind reads only the task's fields)."""
+    from lifebench.tasks import Examples, Task
+
+    labels = np.array(["a", "b"] * 3)
+    ex = Examples(np.array([f"x{i}" for i in range(6)]), np.array([f"/nowhere/x{i}.png" for i in range(6)]), labels,
+                  np.array(["g0", "g0", "g1", "g1", "g2", "g2"]))
+    return Task("kinds", ex, np.arange(4), np.arange(4, 6), **fields)
+
+
+def test_task_kind_is_chosen_once_from_the_fields_with_a_documented_precedence(tmp_path):
+    from lifebench.tasks.base import KINDS, Part, Question
+
+    labels = np.array(["a", "b"] * 3)
+    part = Part("p", labels, np.arange(4), np.arange(4, 6))
+    questions = np.array([Question("which?", ("a", "b"))] * 6, dtype=object)
+    folds = np.array([0, 1, 2] * 2)
+    kinds = {
+        "plain": _kind_task(),
+        "pooled plain": _kind_task(pool_train="max", pool_test="mean"),  # pooling is a side option, not a kind
+        "folds": _kind_task(folds=folds),
+        "parts": _kind_task(parts=(part,)),
+        "leave-one-out": _kind_task(leave_one_out=True),
+        "open-set": _kind_task(open_set=True, pool_test="mean"),
+        "multiple-choice": _kind_task(questions=questions),
+        # several fields set: multiple-choice > parts > leave-one-out > open-set > folds > plain
+        "mc over parts": _kind_task(questions=questions, parts=(part,)),
+        "parts over leave-one-out": _kind_task(parts=(part,), leave_one_out=True),
+        "leave-one-out over open set": _kind_task(leave_one_out=True, open_set=True),
+        "open set over folds": _kind_task(open_set=True, folds=folds),
+    }
+    assert {name: t.kind for name, t in kinds.items()} == {
+        "plain": "plain", "pooled plain": "plain", "folds": "folds", "parts": "parts",
+        "leave-one-out": "leave-one-out", "open-set": "open-set", "multiple-choice": "multiple-choice",
+        "mc over parts": "multiple-choice", "parts over leave-one-out": "parts",
+        "leave-one-out over open set": "leave-one-out", "open set over folds": "open-set",
+    }
+    assert set(KINDS) == {t.kind for t in kinds.values()}
+    # the loaders' own tasks: a folder is plain, or folds when cross-fitted; the clips fixture is open set
+    folder = make_folder(tmp_path / "data", per_class=6, seed=3)
+    assert load_task(folder, test_size=0.34).kind == "plain"
+    assert load_task(folder, n_folds=3).kind == "folds"
+    assert _frames_task(tmp_path, open_set=True).kind == "open-set"
+
+
+def test_the_strategy_is_chosen_once_from_kind_protocol_and_backbone():
+    from lifebench.errors import ConfigError
+    from lifebench.runner import run
+    from lifebench.runner.plan import Job
+    from lifebench.tasks.base import KINDS, Part, Question
+
+    class Encoder:
+        id, generative = "enc", False
+
+    class Generative:
+        id, generative = "vlm", True
+
+    def chosen(task, protocol, backbone=None):
+        backbone = backbone or Encoder()
+        strategy = run._strategy(Job(task=task, backbone=backbone.id, protocol=protocol), backbone)
+        return strategy if strategy is run._generative else strategy.args[0]
+
+    labels = np.array(["a", "b"] * 3)
+    parts = _kind_task(parts=(Part("p", labels, np.arange(4), np.arange(4, 6)),))
+    loo = _kind_task(leave_one_out=True)
+    mc = _kind_task(questions=np.array([Question("which?", ("a", "b"))] * 6, dtype=object))
+    assert chosen(_kind_task(), "logreg") is chosen(_kind_task(folds=np.arange(6) % 3), "knn") is run._probe
+    assert chosen(parts, "logreg") is chosen(mc, "simpleshot") is run._probe  # a probe fits an MC task's labels
+    assert chosen(_kind_task(open_set=True), "openset") is run._open_set
+    assert chosen(loo, "reid") is run._leave_one_out
+    assert chosen(_kind_task(), "zero-shot") is chosen(_kind_task(open_set=True), "zero-shot") is run._zero_shot
+    assert chosen(mc, "zero-shot") is run._choices
+    assert chosen(mc, "zero-shot", Generative()) is run._generative
+    assert all((kind, False) in run._STRATEGIES for kind in KINDS)  # every kind runs under a probe
+    for task in (parts, loo):  # zero-shot needs one class name per label: refused before anything is embedded
+        with pytest.raises(ConfigError, match=f"is a '{task.kind}' task .* zero-shot needs one class name per label"):
+            chosen(task, "zero-shot")
+    with pytest.raises(ConfigError, match="has no multiple-choice questions"):
+        chosen(_kind_task(), "zero-shot", Generative())
+    with pytest.raises(ConfigError, match="a generative model answers without training images"):
+        chosen(mc, "logreg", Generative())
+
+
+def test_zero_shot_on_a_parts_task_stops_before_embedding(tmp_path, monkeypatch):
+    from lifebench.errors import ConfigError
+    from lifebench.runner import run
+    from lifebench.tasks.base import Part
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("embedded the images of a job that cannot run")
+
+    monkeypatch.setattr(run, "embed", no_embedding)
+    task = load_task(make_folder(tmp_path / "data", per_class=3, seed=3), test_size=0.34)
+    parted = type(task)(**{**task.__dict__, "parts": (Part("p", task.examples.labels, task.train_idx, task.test_idx),)})
+    with Store(tmp_path / "s.sqlite") as store:
+        with pytest.raises(ConfigError, match="zero-shot needs one class name per label"):
+            run_jobs(expand([parted], ["pixels"], ["zero-shot"]), store,
+                     RunOptions(cache_dir=tmp_path / "c", device="cpu", num_workers=0, show_progress=False))
+        assert store.experiments() == []
+
+
+def test_no_lower_layer_imports_the_runner():
+    """vlm, tasks and protocols sit below the runner (runner -> vlm, never back): importing them leaves it out."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lifebench.vlm.run, lifebench.tasks, lifebench.protocols, lifebench.tasks.base; "
+            "print(sorted(m for m in sys.modules if m.startswith(('lifebench.runner', 'lifebench.store'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from lifebench.cli import main
 from lifebench.runner import expand
 from lifebench.store import Store
 from lifebench.tasks import resolve_task
-from lifebench.tasks.ecology import fishnet, herbarium19, newt
 
 
-def test_dry_run_lists_runs_done_elsewhere_and_missing(http_server, tmp_path, capsys, monkeypatch):
-    url, handler = http_server
-    for module, files in ((herbarium19, herbarium19.make_fixture()), (newt, newt.make_fixture()),
-                          (fishnet, fishnet.make_fixture())):
-        for name, data in files.items():
-            handler.files[f"/{module.__name__.rsplit('.', 1)[1]}/{name}"] = data
-    monkeypatch.setattr(herbarium19, "ARCHIVES", {
-        name: (hashlib.md5(handler.files[f"/herbarium19/{name}"]).hexdigest(), folder)
-        for name, (_, folder) in herbarium19.ARCHIVES.items()})
-    monkeypatch.setattr(herbarium19, "BASE_URL", f"{url}/herbarium19")
-    monkeypatch.setattr(newt, "BASE_URL", f"{url}/newt")
-    monkeypatch.setattr(fishnet, "ANNOTATIONS_URL", f"{url}/fishnet")
-    monkeypatch.setattr(fishnet, "IMAGES_URL", f"{url}/fishnet/{fishnet.IMAGES_ZIP}")
+def test_dry_run_lists_runs_done_elsewhere_and_missing(serve_task, tmp_path, capsys):
+    for task in ("herbarium19", "newt", "fishnet"):
+        serve_task(task)
     data = tmp_path / "data"
     for task in ("herbarium19", "newt", "fishnet"):
         assert main(["-q", "download", task, "--dir", str(data)]) == 0
@@ -53,3 +40,19 @@ def test_dry_run_lists_runs_done_elsewhere_and_missing(http_server, tmp_path, ca
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "1 experiments run, 1 already in the store, 1 running elsewhere" in out
+
+
+def test_n_train_a_suite_task_cannot_serve_is_one_skip_line_and_the_rest_runs(serve_task, tmp_path, capsys):
+    for task in ("herbarium19", "beluga"):
+        serve_task(task)
+        assert main(["-q", "download", task, "--dir", str(tmp_path / "data")]) == 0
+    args = ["-q", "run", "--suite", "ecology", "--data-root", str(tmp_path / "data"), "--model", "pixels",
+            "--store", str(tmp_path / "s.sqlite"), "--workers", "0", "--n-train", "6"]
+    assert main([*args, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "plan: 1 jobs, 9 tasks skipped" in plan and "herbarium19@n6 | pixels | logreg" in plan
+    assert "skip: beluga@n6" in plan and "leave-one-out" in plan
+    assert main(args) == 0
+    assert "1 experiments run" in capsys.readouterr().out
+    # named with --task, the same refusal stops the run at once: the user asked for exactly that
+    assert main(["-q", "run", "--task", "beluga", *args[4:], "--dry-run"]) == 2

@@ -410,11 +410,13 @@ def test_resolve_task_path_name_and_unknown(tmp_path: Path, monkeypatch) -> None
     assert "toy-suite" in _message(e)
 
 
-def test_registry_holds_the_builtin_tasks() -> None:
+def test_registry_holds_the_generated_tasks_and_resolve_finds_the_benchmarks() -> None:
     from lifebench.tasks.catalog import CATALOG
 
-    ready = sorted(n for n, t in CATALOG.items() if t.implemented)
-    assert tasks_pkg.TASKS.names() == sorted([*ready, "synthetic-shapes", "tuxpaint-organisms"])
+    assert tasks_pkg.TASKS.names() == ["synthetic-shapes", "tuxpaint-organisms"]
+    with pytest.raises(DataError, match="no train/ folder in .*lifebench download herbarium19"):
+        resolve_task("herbarium19", data_root="/nonexistent-data-root")
+    assert "herbarium19" in CATALOG and len(CATALOG) == 30
 
 
 # ---------------------------------------------------------------- splits

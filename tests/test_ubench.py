@@ -24,7 +24,7 @@ from lifebench.download import CHECKSUMS_FILE
 from lifebench.errors import DataError
 from lifebench.protocols.zeroshot import zero_shot_choices
 from lifebench.store import Store
-from lifebench.tasks import resolve_task
+from lifebench.tasks import catalog, resolve_task
 from lifebench.tasks.base import UNKNOWN, Question
 from lifebench.tasks.catalog import SUITES, data_status, get_info
 from lifebench.tasks.microscopy import ubench
@@ -61,6 +61,8 @@ def hub(http_server, files, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setattr(ubench, "SHARDS", _digests(files))
+    for name in ubench.TASKS:  # `lifebench download` verifies against the spec's sources: the fixture's digests
+        monkeypatch.setitem(catalog._SPECS, name, catalog.get_info(name).mirrored("", files))
     seen: list[str | None] = []
     serve = handler.do_GET
 
@@ -106,8 +108,8 @@ def test_download_resumes_sends_the_token_unpacks_once_and_loads(hub, files, tmp
     rows = _rows(files)
     kept = sorted((r for r in rows if r["dataset"] != "opencell"), key=lambda r: r["image_id"])
     images = folder / "perception" / "images"
-    for r in rows:  # every image's bytes are written unchanged, named by image_id
-        assert (images / f"{r['image_id']}.png").read_bytes() == r["image"]["bytes"]
+    for r in rows:  # every image's bytes are written unchanged, named by source dataset and image_id
+        assert (images / ubench.dataset_name(r) / f"{r['image_id']}.png").read_bytes() == r["image"]["bytes"]
 
     modality = resolve_task("ubench-modality", data_root=tmp_path)
     assert modality.examples.ids.tolist() == [r["image_id"] for r in kept]  # opencell left out, sorted by id

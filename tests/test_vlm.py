@@ -59,6 +59,85 @@ def test_parse_answer_respects_the_number_of_options_and_option_text_overlaps():
     assert parse_answer("It is fluorescence microscopy.", ["microscopy", "fluorescence microscopy"]) == 1
 
 
+# ------------------------------------------------- answer scoring: strict vs μ-Bench's check_prediction (defect 6)
+
+ORGANELLES = ["nucleus", "mitochondria", "golgi apparatus", "none of the above"]
+GOLD = 1  # "B) mitochondria"
+ECHO = "A) nucleus\nB) mitochondria\nC) golgi apparatus\nD) none of the above"
+
+# reply -> (strict parse: the option it names, None = unparsed; eVLLM's check_prediction for gold B). The same table
+# is in docs/microscopy.md ("Answer scoring").
+SCORING = [
+    ("B", 1, True),
+    ("(B)", 1, False),
+    ("Answer: B", 1, False),
+    ("The answer is B", 1, False),
+    ("B. mitochondria", 1, True),
+    ("B) mitochondria", 1, True),
+    ("mitochondria", 1, False),
+    ("Mitochondria.", 1, False),
+    ("b", 1, False),
+    ("B.", 1, True),
+    ("B!", 1, True),
+    (" B", 1, False),
+    ("**B**", 1, False),
+    ("B, because of the cristae", 1, True),
+    ("C", 2, False),
+    ("B or C", None, True),
+    ("Either A or D", None, False),
+    ("A, B", None, False),
+    (ECHO, None, True),
+    ("B or C, most likely B", None, True),
+    ("The organelle is mitochondria, not the nucleus", None, False),
+    ("I cannot determine the organelle from this image.", None, False),
+    ("I'm sorry, I can't help with that.", None, False),
+    ("", None, False),
+    (None, None, False),
+]
+
+
+def _add_alphabet(options: list[str], answer: str) -> tuple[list[str], str]:
+    """eVLLM ``src/evlm/inference/utils.py`` L87-92 @ c6108d4 (``add_alphabet``), re-implemented: eVLLM is not a
+    package that can be installed."""
+    idx_to_option = {0: "A) ", 1: "B) ", 2: "C) ", 3: "D) ", 4: "E) ", 5: "F) ", 6: "G) ", 7: "H) "}
+    index = options.index(answer)
+    lettered = [idx_to_option[i] + o for i, o in enumerate(options)]
+    return lettered, idx_to_option[index] + answer
+
+
+def _check_prediction(row: dict) -> bool:
+    """eVLLM ``src/evlm/eval/eval_utils.py`` L328-338 @ c6108d4 (``check_prediction``), re-implemented."""
+    abcd = ["A", "B", "C", "D", "E", "F", "G"]
+    correct_letter = abcd[row["correct_idx"]]
+    return row["correct_answer"] in row["prediction"] or correct_letter in row["prediction"][0:1]
+
+
+@pytest.mark.parametrize(("reply", "strict", "evllm"), SCORING)
+def test_strict_parse_and_evllm_scoring_of_realistic_replies(reply, strict, evllm):
+    from lifebench.vlm.choice import score_reply
+
+    assert parse_answer(reply, ORGANELLES) == strict
+    assert score_reply(reply, ORGANELLES, GOLD, "strict") == (strict, strict == GOLD)
+    # the row eVLLM's generative_inference.py L64-66 writes: correct_answer from add_alphabet, correct_idx the position
+    _, correct_answer = _add_alphabet(list(ORGANELLES), ORGANELLES[GOLD])
+    row = {"correct_idx": ORGANELLES.index(ORGANELLES[GOLD]), "correct_answer": correct_answer,
+           "prediction": "" if reply is None else reply}
+    assert _check_prediction(row) == evllm
+    assert score_reply(reply, ORGANELLES, GOLD, "evllm") == (strict, evllm)
+
+
+def test_the_two_scorings_differ_on_hedges_and_on_option_text_without_a_letter():
+    differ = [r for r, strict, evllm in SCORING if (strict == GOLD) != evllm]
+    assert len(SCORING) >= 20 and len(differ) == 11
+    assert {"B or C", ECHO, "B or C, most likely B", "mitochondria", "(B)", "Answer: B"} <= set(differ)
+    for hedge in ("B or C", "Either A or D", "A, B", ECHO):  # each named in the issue as credited before the fix
+        assert parse_answer(hedge, ORGANELLES) is None
+    with pytest.raises(ConfigError, match="unknown answer scoring 'loose'; use strict .* or evllm"):
+        from lifebench.vlm.choice import score_reply
+
+        score_reply("B", ORGANELLES, GOLD, "loose")
+
+
 def test_build_prompt_is_the_mubench_format_and_rejects_a_question_without_options():
     assert build_prompt("What stain is used?", ["H&E", "Giemsa"]) == (
         "Answer with a single letter, no extra details.\nQuestion:What stain is used?\nA) H&E\nB) Giemsa")
@@ -260,6 +339,35 @@ def test_generative_run_on_the_suite_scores_stores_and_a_rerun_sends_nothing(cha
         stored = store.experiments(task="ubench-fine")
         assert sorted(e.config["generation"]["max_tokens"] for e in stored) == [16, 64]
         assert len({e.config_hash for e in stored}) == 2
+
+
+def test_answer_scoring_evllm_reproduces_check_prediction_and_is_its_own_experiment(chat, data_root, tmp_path,
+                                                                                     capsys, monkeypatch):
+    url, _ = chat
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    store_path = tmp_path / "results.sqlite"
+    argv = ["run", "--task", "ubench-modality", "--data-root", str(data_root), "--model", "openai-compatible:fake-vlm",
+            "--endpoint", url, "--store", str(store_path), "--cache-dir", str(tmp_path / "cache"), "--no-report"]
+    assert main(argv) == 0
+    assert main([*argv, "--answer-scoring", "evllm"]) == 0
+    assert "1 experiments run, 0 already in the store" in capsys.readouterr().out
+    task = resolve_task("ubench-modality", data_root=data_root)
+    with Store(store_path) as store:
+        exps = {e.config["generation"]["answer_scoring"]: e for e in store.experiments(task="ubench-modality")}
+        preds = {k: store.predictions(e.id) for k, e in exps.items()}
+    assert set(exps) == {"strict", "evllm"} and exps["evllm"].fit_info["answer_scoring"] == "evllm"
+    n_differ = 0
+    for i in task.test_idx:
+        q, gold = task.questions[i], task.examples.labels[i]
+        reply = policy(build_prompt(q.text, q.options), Path(task.examples.paths[i]).read_bytes())
+        _, lettered_gold = _add_alphabet(list(q.options), gold)
+        ok = _check_prediction({"correct_idx": list(q.options).index(gold), "correct_answer": lettered_gold,
+                                "prediction": reply})
+        at = {k: list(p.ids).index(task.examples.ids[i]) for k, p in preds.items()}
+        assert (preds["evllm"].y_pred[at["evllm"]] == gold) == ok
+        assert preds["strict"].y_pred[at["strict"]] == _expected(task, i)
+        n_differ += ok != (preds["strict"].y_pred[at["strict"]] == gold)
+    assert n_differ > 0 and exps["evllm"].fit_info["n_scored_unlike_strict"] == n_differ
 
 
 def test_transient_errors_are_retried_and_counted(chat, data_root, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import random
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from lifebench.backbones import load_backbone
 from lifebench.cli import main
 from lifebench.errors import ConfigError, DataError
 from lifebench.features import embed_texts, zero_shot_weights
-from lifebench.protocols import make_protocol
+from lifebench.protocols import fit_info, make_protocol
 from lifebench.report import build_leaderboard
 from lifebench.store import Store
 from lifebench.tasks import load_task
@@ -137,7 +138,67 @@ def test_few_shot_folds_are_reproducible_and_disjoint(tmp_path):
     assert set(a.train_idx).isdisjoint(a.test_idx)
     five = everyone.with_shots(5, 0)
     assert sorted(np.unique(five.examples.labels[five.train_idx], return_counts=True)[1]) == [5, 5, 5]
-    assert set(a.train_idx) <= set(five.train_idx)  # nested in k for one fold
+    # BioCLIP's draw (few_shot.py split): per class in data order, random.seed(fold) then random.shuffle in place,
+    # the first k; the lists carry over, so 5-shot fold 0 follows the five 1-shot folds of BioCLIP's run
+    rows = {c: [i for i in range(18) if everyone.examples.labels[i] == c] for c in dict.fromkeys(
+        everyone.examples.labels.tolist())}
+    for seed in [0, 1, 2, 3, 4, 0]:
+        random.seed(seed)
+        for c in rows:
+            random.shuffle(rows[c])
+    assert five.train_idx.tolist() == sorted(i for r in rows.values() for i in r[:5])
+    assert "BioCLIP's draw of fold 0" in five.split_source
+
+
+def test_zero_shot_uses_the_models_learned_logit_scale(tiny_open_clip, tmp_path):
+    """BioCLIP scores ``model.logit_scale.exp() * image @ W`` (zero_shot_iid.py); the open_clip backbone exposes
+    that scale, zero-shot uses it unless --param logit_scale says otherwise, and the fit info records it."""
+    backbone = load_backbone("open_clip:lbtest-tiny-clip@random:5")  # open_clip.create_model(pretrained=None)
+    assert backbone.logit_scale == pytest.approx(1 / 0.07, rel=1e-6)  # CLIP's initial value, log(1/0.07)
+    with torch.no_grad():
+        backbone.module.logit_scale.fill_(np.log(37.5))
+    assert backbone.logit_scale == pytest.approx(37.5, rel=1e-6)
+    names = ["Corvus corax", "Bellis perennis", "Amanita muscaria"]
+    W = zero_shot_weights(backbone, names, default_templates(), cache_dir=tmp_path, device="cpu")
+    feats = backbone.encode_images(torch.randn(6, 3, 32, 32))
+    cos = torch.nn.functional.normalize(feats, dim=-1).numpy() @ W.T
+    est = make_protocol("zero-shot").fit(W, names, model_logit_scale=backbone.logit_scale)
+    np.testing.assert_allclose(est.decision_function(feats.numpy()), 37.5 * cos, rtol=1e-5, atol=1e-5)
+    assert fit_info(est) == {"logit_scale": pytest.approx(37.5), "logit_scale_source": "model"}
+    fixed = make_protocol("zero-shot", logit_scale=100).fit(W, names, model_logit_scale=backbone.logit_scale)
+    np.testing.assert_allclose(fixed.decision_function(feats.numpy()), 100 * cos, rtol=1e-5, atol=1e-5)
+    assert fit_info(fixed)["logit_scale_source"] == "param"
+    plain = make_protocol("zero-shot").fit(W, names)  # a backbone without a learned scale: CLIP's 100
+    assert fit_info(plain) == {"logit_scale": 100.0, "logit_scale_source": "default: the backbone has no learned scale"}
+    assert getattr(load_backbone("pixels"), "logit_scale", None) is None  # no text tower, no scale
+    with pytest.raises(ConfigError, match="logit_scale -1 must be a positive number"):
+        make_protocol("zero-shot", logit_scale=-1)
+
+
+def test_zero_shot_groups_classes_that_share_a_text_as_bioclip_does(caplog):
+    """Rare Species' common names: "Yunnan Newt" names Tylototriton shanjing and T. verrucosus. BioCLIP makes one
+    class per distinct text (data.py: ``data['class'].unique()``), so predicting the text is right for either."""
+    names = ["Acropora acuminata", "Acropora millepora", "Tylototriton shanjing", "Tylototriton verrucosus"]
+    texts = ["staghorn coral", "staghorn coral", "Yunnan Newt", "Yunnan Newt"]
+    W = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    X = np.array([[0.9, 0.1], [0.8, 0.3], [0.1, 0.9], [0.2, 0.9], [0.3, 0.9]])
+    y_true = np.array(["Acropora acuminata", "Acropora millepora", "Tylototriton verrucosus",
+                       "Tylototriton shanjing", "Acropora millepora"])
+    with caplog.at_level(logging.WARNING, logger="lifebench.protocols.zeroshot"):
+        est = make_protocol("zero-shot").fit(W, names, texts=texts)
+    assert "2 texts name several classes each" in caplog.text and "'Yunnan Newt': Tylototriton shanjing, " in caplog.text
+    scores = est.decision_function(X)
+    assert np.isneginf(scores[:, [1, 3]]).all() and np.isfinite(scores[:, [0, 2]]).all()  # one row per text
+    pred = np.array(names, dtype=object)[est.predict(X)]
+    ranked = np.array([[p, "", ""] for p in pred], dtype=object)
+    y_pred, ranked = est.credit_shared_texts(y_true, pred.astype(str), ranked)
+    assert y_pred.tolist() == ["Acropora acuminata", "Acropora millepora", "Tylototriton verrucosus",
+                               "Tylototriton shanjing", "Tylototriton shanjing"]  # the last: a wrong text
+    assert ranked[:, 0].tolist() == y_pred.tolist()
+    assert np.mean(y_pred == y_true) == 0.8  # BioCLIP's accuracy over 2 texts: 4 of 5
+    assert fit_info(est)["shared_texts"] == {"staghorn coral": names[:2], "Yunnan Newt": names[2:]}
+    alone = make_protocol("zero-shot").fit(W[[0, 2]], names[::2], texts=texts[::2])
+    assert "shared_texts" not in fit_info(alone)
 
 
 def test_cli_zero_shot_and_few_shot_on_a_taxonomy_manifest(tiny_open_clip, tmp_path, capsys):
@@ -152,6 +213,9 @@ def test_cli_zero_shot_and_few_shot_on_a_taxonomy_manifest(tiny_open_clip, tmp_p
         (exp,) = s.experiments()
         preds = s.predictions(exp.id)
     assert exp.protocol == "zero-shot" and exp.config["params"] == {"text_type": "taxon_com"} and exp.fit_info["folds"][0]["text_type"] == "taxon_com"
+    # the random tiny CLIP's own scale, exp(log(1/0.07)), as BioCLIP's zero_shot_iid.py, not a fixed 100
+    assert exp.fit_info["folds"][0]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-6)
+    assert exp.fit_info["folds"][0]["logit_scale_source"] == "model"
     assert set(preds.y_pred) <= {"daisy", "fly agaric", "raven"} and len(preds) == 18
 
     assert main(["-q", "run", "--task", str(manifest), "--model", "open_clip:lbtest-tiny-clip@random:1",

@@ -69,6 +69,14 @@ def _add_common_run_options(p: argparse.ArgumentParser) -> None:
                    help="leave out unreadable images (counted and logged) instead of stopping")
 
 
+def _add_decode_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decode", choices=["lifebench", "full", "reference"], default="lifebench",
+                   help="how images become pixels: lifebench (transparency on white, EXIF rotation; fast JPEG draft "
+                   "decoding on CPU, nvJPEG on CUDA; default), full (the same without draft or nvJPEG decoding) or "
+                   "reference (Image.open(p).convert('RGB') as BioCLIP, CLIP_benchmark and eVLLM load images, to "
+                   "reproduce their numbers); part of the embedding cache key and of the experiment's config")
+
+
 def _add_bootstrap_options(p: argparse.ArgumentParser, *, seed: bool = False, confidence: bool = False) -> None:
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
     if seed:
@@ -143,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true",
                    help="record a failing experiment (see 'lifebench status') and go on with the others")
     p.add_argument("--no-report", action="store_true", help="do not print the leaderboard at the end")
+    p.add_argument("--answer-scoring", choices=["strict", "evllm"], default="strict",
+                   help="how a generative model's replies are scored: strict (a reply naming several options is "
+                   "wrong; default) or evllm (μ-Bench's check_prediction: the lettered gold option in the reply or "
+                   "the gold letter first, to reproduce the paper)")
     _add_common_run_options(p)
+    _add_decode_option(p)
 
     p = sub.add_parser("sweep", help="run a sweep file (TOML) here, on local worker processes, or on Slurm",
                        description="Run every experiment of a sweep file: the keys of 'lifebench run' (models, tasks, "
@@ -171,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute experiments already in the demo store")
     _add_bootstrap_options(p)
     _add_common_run_options(p)
+    _add_decode_option(p)
 
     p = sub.add_parser("embed", help="export embeddings of a task's images (npy or Parquet)",
                        description="Embed every image of TASK with MODEL and write the vectors. .npy writes an "
@@ -181,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output file ending in .npy or .parquet")
     _add_task_options(p)
     _add_common_run_options(p)
+    _add_decode_option(p)
 
     p = sub.add_parser("download", help="download, verify and unpack a benchmark task's data",
                        description="Fetch a benchmark task's archives with resume and checksum verification, then "
@@ -416,7 +431,10 @@ def _plan(args):
         Store(store_path).close()  # an unusable store fails now; a missing one is made when the first job runs
     else:
         check_store_path(store_path)
-    jobs = expand(tasks, models, args.protocol, params, seeds, args.n_train, shots, {"zero-shot": zero_shot})
+    # a (suite task, k) that cannot be drawn is one skip line; a task named with --task still fails at once
+    jobs = expand(tasks, models, args.protocol, params, seeds, args.n_train, shots, {"zero-shot": zero_shot},
+                  skipped=skipped, skippable=set(suite_names) - set(args.task),
+                  settings={"decode": args.decode, "answer_scoring": args.answer_scoring})
     for job in jobs:
         if job.protocol == "zero-shot" and not may_have_text_tower(job.backbone):
             raise ConfigError(f"{job.label()}: backbone {job.backbone!r} has no text tower, so it cannot classify "
@@ -522,7 +540,7 @@ def cmd_demo(args) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     with Store(out / "results.sqlite") as store:
-        jobs = expand([task], DEMO_MODELS, ["logreg"])
+        jobs = expand([task], DEMO_MODELS, ["logreg"], settings={"decode": args.decode})
         options = RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                              num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force)
         results = run_jobs(jobs, store, options)
@@ -557,7 +575,7 @@ def cmd_embed(args) -> int:
     (task,) = _resolve_tasks(args, [args.task])
     backbone = load_backbone(canonical_id(args.model))
     emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
-                num_workers=args.workers, skip_bad_images=args.skip_bad_images)
+                num_workers=args.workers, skip_bad_images=args.skip_bad_images, decode=args.decode)
     if task.folds is not None:
         split = np.array([f"fold{f}" for f in task.folds], dtype=object)
     else:
@@ -607,21 +625,17 @@ def cmd_ls(args) -> int:
 
         print("A task is a name below, or a path: a folder of class folders (optionally under train/ and test/) or "
               "a CSV/Parquet manifest with columns path,label[,split][,group].\n")
-        w_name = max(len(t.name) for t in CATALOG.values())
-        w_suite = max(len(t.suite) for t in CATALOG.values())
-        w_mod = max(len(t.modality) for t in CATALOG.values())
-        w_king = max(len(t.kingdom) for t in CATALOG.values())
-        print(f"{'name':<{w_name}} {'suite':<{w_suite}} {'train':>9} {'test':>8} {'modality':<{w_mod}} "
-              f"{'kingdom':<{w_king}} {'status':<8} protocol / metric")
-        for t in CATALOG.values():
-            n = lambda v: f"{v:,}" if v else "?"  # noqa: E731
-            status = "ready" if t.implemented else "planned"
-            print(f"{t.name:<{w_name}} {t.suite:<{w_suite}} {n(t.n_train):>9} {n(t.n_test):>8} {t.modality:<{w_mod}} "
-                  f"{t.kingdom:<{w_king}} {status:<8} {t.protocol} / {t.metric}")
+        rows = [(t.name, t.suite or "-", f"{t.n_train:,}" if t.n_train else "?", f"{t.n_test:,}" if t.n_test else "?",
+                 t.modality, t.kingdom, f"{t.protocol} / {t.metric}", t.method) for t in CATALOG.values()]
+        head = ("name", "suite", "train", "test", "modality", "kingdom", "protocol / metric", "method")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+        for r in [head, *rows]:
+            print(" ".join(f"{v:>{w}}" if i in (2, 3) else f"{v:<{w}}"
+                           for i, (v, w) in enumerate(zip(r[:-1], widths, strict=True)))
+                  + f" {r[-1]}")
         print()
         for name in TASKS.names():
-            if name not in CATALOG:
-                print(f"{name:<13} {TASKS.help(name)}")
+            print(f"{name:<{widths[0]}} {TASKS.help(name)}")
     elif args.what == "protocols":
         from lifebench.protocols import PROTOCOLS
 
@@ -636,19 +650,16 @@ def cmd_ls(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from lifebench.tasks.catalog import get_info, task_module
+    from lifebench.tasks.catalog import get_info
 
-    info = get_info(args.task)
-    module = task_module(args.task)
-    if module is None:
-        raise ConfigError(f"task {args.task!r} has no download recipe in this version of lifebench yet")
-    root = (args.dir or data_dir()) / info.name
+    spec = get_info(args.task)
+    root = (args.dir or data_dir()) / spec.data_folder
     t0 = time.perf_counter()
-    module.download(root)
-    why = module.missing(root)
+    spec.download(root)
+    why = spec.missing(root)
     if why:
         raise DataError(f"{args.task}: the download finished but {why}")
-    print(f"{info.name}: data ready in {root} ({time.perf_counter() - t0:.0f} s)")
+    print(f"{spec.name}: data ready in {root} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

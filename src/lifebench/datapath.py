@@ -1,11 +1,11 @@
-"""From image files to batches of preprocessed pixels on the compute device, three ways.
+"""From image files to batches of preprocessed pixels on the compute device, four ways.
 
 :func:`lifebench.features.embed` is the only caller; this module never touches a model. Every mode
 implements the same :class:`~lifebench.backbones.base.Preprocess` (resize, centre crop, scale, normalise):
 
 ``"pil"``
-    Worker processes decode with PIL (:func:`lifebench.images.load_rgb`) and apply ``Preprocess`` itself.
-    The reference.
+    Worker processes decode with PIL (:func:`lifebench.images.load_rgb`: lifebench's pixel policy, transparency
+    on white and EXIF rotation applied) and apply ``Preprocess`` itself. The exact path the others approximate.
 ``"pil-draft"``
     As ``"pil"``, but libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 scale (PIL draft mode, a DCT-domain
     downscale) whenever the reduced image still covers the resize target on both sides, so the final PIL
@@ -16,7 +16,16 @@ implements the same :class:`~lifebench.backbones.base.Preprocess` (resize, centr
     batches by ``torchvision.io.decode_jpeg`` on the compute device (nvJPEG on CUDA, libjpeg-turbo on CPU);
     other formats, CMYK JPEGs and anything the batch decoder rejects are decoded by PIL. Resize, crop and
     normalise then run on the device, in batches of equally sized images, by :func:`resize_crop_normalize`,
-    which reproduces PIL's fixed-point resampling exactly (see there). The default on CUDA.
+    which reproduces PIL's fixed-point resampling exactly (see there). The default on CUDA. It follows
+    lifebench's pixel policy too (EXIF orientation from the header, PIL's policy for every non-JPEG).
+``"reference"``
+    As ``"pil"``, but decoded as the reference loaders do (:func:`lifebench.images.load_reference`,
+    ``Image.open(p).convert("RGB")``: no compositing on white, no EXIF rotation, full decode), on any device.
+
+The user-facing choice is one of :data:`DECODINGS` (``--decode`` of ``run`` and ``embed``): ``lifebench`` (the
+default: "pil-draft" on a CPU, "tensor" on CUDA), ``full`` ("pil": the same pixels without the draft or
+nvJPEG shortcuts) or ``reference`` (the reference loaders' pixels, to reproduce BioCLIP, CLIP_benchmark or
+μ-Bench numbers). :func:`resolve_decode` maps either vocabulary to a mode.
 
 Modes produce slightly different vectors (nvJPEG's IDCT and chroma upsampling are not libjpeg's; a DCT
 downscale is not a full decode), so :func:`decode_identity` names the mode and device for the cache key.
@@ -40,10 +49,11 @@ from PIL import Image
 
 from lifebench.backbones.base import Preprocess
 from lifebench.errors import BadImageError, ConfigError, MissingDependencyError
-from lifebench.images import exif_orientation, load_rgb, load_rgb_reduced
+from lifebench.images import exif_orientation, load_reference, load_rgb, load_rgb_reduced
 
 __all__ = [
     "DECODE_MODES",
+    "DECODINGS",
     "Batch",
     "Geometry",
     "apply_orientation",
@@ -61,7 +71,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DECODE_MODES = ("pil", "pil-draft", "tensor")
+DECODE_MODES = ("pil", "pil-draft", "tensor", "reference")
+DECODINGS = {"lifebench": "auto", "full": "pil", "reference": "reference"}
+"""User-facing decoding -> data path: ``lifebench`` (composite on white + EXIF rotation, fastest path: JPEG draft
+decoding on a CPU, nvJPEG on CUDA), ``full`` (the same policy, full PIL decode), ``reference``
+(``Image.open(p).convert("RGB")``, as BioCLIP, CLIP_benchmark and eVLLM load images)."""
 
 PRECISION_BITS = 22
 """PIL's fixed-point precision for 8-bit resampling (``32 - 8 - 2`` in libImaging/Resample.c)."""
@@ -104,10 +118,12 @@ def _device_decoder_works(device: str) -> bool:
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
-    """Map ``decode`` ("auto" or one of :data:`DECODE_MODES`) to the mode used on ``device``.
+    """Map ``decode`` ("auto", one of :data:`DECODE_MODES` or one of :data:`DECODINGS`) to the mode used on
+    ``device``.
 
-    "auto" is "tensor" on CUDA (when torchvision can decode JPEGs there) and "pil-draft" elsewhere.
+    "auto" (= "lifebench") is "tensor" on CUDA (when torchvision can decode JPEGs there) and "pil-draft" elsewhere.
     """
+    decode = DECODINGS.get(decode, decode)
     if decode == "auto":
         if device.type == "cuda" and _has_tensor_decoder():
             if _device_decoder_works(str(device)):
@@ -115,7 +131,8 @@ def resolve_decode(decode: str, device: torch.device) -> str:
             log.warning("torchvision cannot decode JPEGs on %s (no nvJPEG); decoding with PIL on the CPU", device)
         return "pil-draft"
     if decode not in DECODE_MODES:
-        raise ConfigError(f"unknown decode mode {decode!r}; use auto, {', '.join(DECODE_MODES)}")
+        raise ConfigError(f"unknown decode mode {decode!r}; use {', '.join(DECODINGS)} (or a data path: auto, "
+                          f"{', '.join(DECODE_MODES)})")
     if decode == "tensor":
         if not _has_tensor_decoder():
             raise MissingDependencyError("torchvision", "timm", "decode='tensor'")
@@ -411,14 +428,19 @@ def _normalise_pil(img: Image.Image, pre: Preprocess) -> torch.Tensor:
     return (x - mean) / std
 
 
-def preprocess_file(path: str | os.PathLike, pre: Preprocess, draft: bool = False) -> torch.Tensor:
+def preprocess_file(path: str | os.PathLike, pre: Preprocess, draft: bool = False,
+                    reference: bool = False) -> torch.Tensor:
     """Decode ``path`` with PIL and apply ``pre``; exactly ``pre(load_rgb(path))`` unless a draft decode helps.
+
+    With ``reference``, exactly ``pre(Image.open(path).convert("RGB"))`` (:func:`lifebench.images.load_reference`).
 
     With ``draft``, libjpeg may decode a large JPEG at 1/2..1/8 scale (see
     :func:`lifebench.images.load_rgb_reduced`); then only the part of the reduced image that the centre crop
     keeps is resampled (PIL's ``resize(box=...)``: same output grid and filter support as resizing all of
     it, about 40% less work). Images that cannot be reduced go through ``pre`` unchanged.
     """
+    if reference:
+        return pre(load_reference(path))
     if not draft:
         return pre(load_rgb(path))
 
@@ -463,8 +485,9 @@ def _resize_crop_region(img: Image.Image, box: tuple[float, float, float, float]
 class _FileDataset(torch.utils.data.Dataset):
     """One preprocessed image per item; a failure comes back as an error string, not an exception."""
 
-    def __init__(self, paths: np.ndarray, indices: np.ndarray, pre: Preprocess, draft: bool) -> None:
-        self.paths, self.indices, self.pre, self.draft = paths, indices, pre, draft
+    def __init__(self, paths: np.ndarray, indices: np.ndarray, pre: Preprocess, draft: bool,
+                 reference: bool = False) -> None:
+        self.paths, self.indices, self.pre, self.draft, self.reference = paths, indices, pre, draft, reference
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -472,7 +495,7 @@ class _FileDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor, str]:
         i = int(self.indices[k])
         try:
-            return i, preprocess_file(self.paths[i], self.pre, self.draft), ""
+            return i, preprocess_file(self.paths[i], self.pre, self.draft, self.reference), ""
         except BadImageError as e:
             return i, torch.zeros((3, self.pre.crop, self.pre.crop)), e.reason
 
@@ -627,8 +650,8 @@ class Batch:
 def iter_batches(mode: str, paths: np.ndarray, indices: np.ndarray, pre: Preprocess, batch_size: int,
                  device: torch.device, num_workers: int) -> Iterator[Batch]:
     """Yield the images ``paths[indices]``, in order, as batches of at most ``batch_size`` preprocessed images."""
-    if mode in ("pil", "pil-draft"):
-        ds = _FileDataset(paths, indices, pre, draft=mode == "pil-draft")
+    if mode in ("pil", "pil-draft", "reference"):
+        ds = _FileDataset(paths, indices, pre, draft=mode == "pil-draft", reference=mode == "reference")
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                              pin_memory=device.type == "cuda")
         it = iter(loader)

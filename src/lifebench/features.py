@@ -247,8 +247,10 @@ def embed(
 
     Without ``skip_bad_images`` the first unreadable image raises :class:`BadImageError` (shards that
     finished stay cached). With it, unreadable images get ``ok=False`` and a zero row, and are counted
-    and logged. ``decode`` picks the data path ("auto", "pil", "pil-draft" or "tensor"; see
-    :mod:`lifebench.datapath`); ``compile`` runs the model under ``torch.compile``.
+    and logged. ``decode`` picks how images become pixels: ``lifebench`` (= "auto", the default), ``full`` or
+    ``reference`` (``Image.open(p).convert("RGB")``, as the papers' loaders), or a data path ("pil", "pil-draft",
+    "tensor"); see :data:`lifebench.datapath.DECODINGS`. It is part of the cache key, so vectors made under
+    different decodings never mix. ``compile`` runs the model under ``torch.compile``.
     """
     t0 = time.perf_counter()
     dev = device if isinstance(device, torch.device) else resolve_device(device)

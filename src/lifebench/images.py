@@ -16,13 +16,21 @@ file.
 :func:`load_rgb_reduced` is the same decode for a caller that will downscale anyway: a JPEG is decoded by
 libjpeg at 1/2, 1/4 or 1/8 scale (PIL "draft" mode, scaling in the DCT domain) when the result still covers
 the size the caller asks for, which is several times cheaper for large photos.
+
+:func:`load_reference` is how the reference loaders read an image (BioCLIP ``src/evaluation/data.py``,
+CLIP_benchmark, eVLLM's model wrappers): ``Image.open(path).convert("RGB")``, full decode, no EXIF rotation, the
+alpha channel dropped (a transparent pixel shows whatever colour it stores, often black) and 16-bit images
+clipped to 255 by PIL's conversion. lifebench's policy above differs from it only on transparent, EXIF-rotated
+and wide (16-bit, float) images; decoding ``reference`` (:data:`lifebench.datapath.DECODINGS`) uses it so that a
+paper's numbers can be reproduced pixel for pixel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lifebench.errors import BadImageError
 
-__all__ = ["EXIF_ORIENTATION", "Reduced", "exif_orientation", "load_rgb", "load_rgb_reduced"]
+__all__ = ["EXIF_ORIENTATION", "Reduced", "exif_orientation", "load_reference", "load_rgb", "load_rgb_reduced"]
 
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 # Decompression-bomb guard: PIL refuses images over 2x this many pixels; 1 gigapixel is plenty for slides.
@@ -99,7 +107,17 @@ def load_rgb_reduced(
     return _load(os.fspath(path), min_size)
 
 
-def _load(path: str, min_size: Callable[[tuple[int, int]], tuple[int, int]] | None) -> Reduced:
+def load_reference(path: str | os.PathLike) -> Image.Image:
+    """``Image.open(path).convert("RGB")``, the reference loaders' decode (see the module docstring); unreadable
+    files raise BadImageError like :func:`load_rgb`."""
+    path = os.fspath(path)
+    with _bad_image(path), Image.open(path) as img:
+        return img.convert("RGB")
+
+
+@contextlib.contextmanager
+def _bad_image(path: str) -> Iterator[None]:
+    """Turn every way PIL fails on ``path`` (empty, missing, not an image, truncated) into one BadImageError."""
     try:
         if os.path.getsize(path) == 0:
             raise BadImageError(path, "the file is empty (0 bytes)")
@@ -108,23 +126,27 @@ def _load(path: str, min_size: Callable[[tuple[int, int]], tuple[int, int]] | No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Palette images with Transparency expressed in bytes"
-            with Image.open(path) as img:
-                img.seek(0)
-                orientation, scale = 1, 1
-                raw_size = img.size
-                if min_size is not None and img.format in ("JPEG", "MPO"):
-                    orientation = exif_orientation(img)
-                    scale = _draft(img, orientation, min_size)
-                img.load()
-                decoded_size = img.size
-                img = ImageOps.exif_transpose(img) or img
-                out = _convert(img)
+            yield
     except BadImageError:
         raise
     except UnidentifiedImageError:
         raise BadImageError(path, "not an image, or a format PIL cannot read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadImageError(path, f"corrupt or truncated ({e})") from None
+
+
+def _load(path: str, min_size: Callable[[tuple[int, int]], tuple[int, int]] | None) -> Reduced:
+    with _bad_image(path), Image.open(path) as img:
+        img.seek(0)
+        orientation, scale = 1, 1
+        raw_size = img.size
+        if min_size is not None and img.format in ("JPEG", "MPO"):
+            orientation = exif_orientation(img)
+            scale = _draft(img, orientation, min_size)
+        img.load()
+        decoded_size = img.size
+        img = ImageOps.exif_transpose(img) or img
+        out = _convert(img)
     if scale == 1:
         return Reduced(image=out, full_size=out.size, box=(0.0, 0.0, *map(float, out.size)), scale=1)
     raw_w, raw_h = raw_size

@@ -131,6 +131,17 @@ class Backbone(ABC):
             return p.device
         return torch.device("cpu")
 
+    @property
+    def logit_scale(self) -> float | None:
+        """The model's learned zero-shot logit scale, ``module.logit_scale.exp()`` (about 100 for CLIP and BioCLIP),
+        which BioCLIP's and wise-ft's zero-shot heads multiply the cosine similarities by: open_clip models and
+        Hugging Face CLIP/SigLIP keep it as a log-space parameter. None when the model has no text tower or no such
+        parameter. Read at use, so a scale set on the module after loading counts."""
+        param = getattr(self.module, "logit_scale", None) if self.supports_text else None
+        if not isinstance(param, torch.Tensor) or param.numel() != 1:
+            return None
+        return float(param.detach().float().exp().item())
+
     def to(self, device: str | torch.device) -> Backbone:
         self.module.to(device)
         return self

@@ -17,12 +17,13 @@ from lifebench.protocols.knn import KNN
 from lifebench.protocols.logreg import LogisticProbe
 from lifebench.protocols.openset import MahalanobisOpenSet
 from lifebench.protocols.reid import ReID
-from lifebench.protocols.simpleshot import SimpleShot
+from lifebench.protocols.simpleshot import BioCLIPFewShot, SimpleShot
 from lifebench.protocols.zeroshot import ZeroShot
 from lifebench.registry import Registry
 
 __all__ = [
     "KNN",
+    "BioCLIPFewShot",
     "PROTOCOLS",
     "LogisticProbe",
     "MahalanobisOpenSet",
@@ -50,8 +51,9 @@ PROTOCOLS.register(
 )
 PROTOCOLS.register("zero-shot", ZeroShot,
                    help="zero-shot: cosine similarity to class-name prompts through the text tower (CLIP, BioCLIP)")
-PROTOCOLS.register("few-shot", SimpleShot,
-                   help="BioCLIP's few-shot classifier (SimpleShot CL2N nearest centroid); pair with --shots 1,5")
+PROTOCOLS.register("few-shot", BioCLIPFewShot,
+                   help="BioCLIP's few-shot classifier (L2-normalise, then SimpleShot's CL2N nearest centroid); "
+                        "pair with --shots 1,5")
 PROTOCOLS.register("reid", ReID, help="re-identification: leave-one-out k-NN vote (k=5, cosine), rank-1/5 and mAP")
 
 

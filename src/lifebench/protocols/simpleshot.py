@@ -1,4 +1,12 @@
-"""SimpleShot (Wang et al. 2019, "CL2N"): centre, L2-normalise, then nearest class centroid."""
+"""SimpleShot (Wang et al. 2019, "CL2N"): centre, L2-normalise, then nearest class centroid; and BioCLIP's
+few-shot classifier, which L2-normalises every feature first.
+
+Why two: BioCLIP (Imageomics/bioclip @ 4ea3247, ``src/evaluation/few_shot.py``) normalises the image features as
+it extracts them (``F.normalize(image_features, dim=-1)`` in ``run``), and only then applies ``CL2N`` (centre on
+the support mean, normalise) in ``get_acc``. The support mean of unit vectors differs from the mean of the raw
+features, so wherever feature norms vary the two classifiers disagree; ``few-shot`` reproduces BioCLIP's
+numbers, ``simpleshot`` stays the classifier of BioBench's probes (KABR, MammalNet, FungiCLEF).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import torch
 from lifebench.errors import DataError
 from lifebench.protocols.base import TorchClassifier, as_features, encode_labels
 
-__all__ = ["SimpleShot"]
+__all__ = ["BioCLIPFewShot", "SimpleShot"]
 
 
 class SimpleShot(TorchClassifier):
@@ -38,9 +46,15 @@ class SimpleShot(TorchClassifier):
     def _check_params(self) -> None:
         self._common_checks()
 
+    #: L2-normalise every feature before centring (BioCLIP's few-shot); plain SimpleShot does not.
+    _unit_first = False
+
     def transform(self, X: Any) -> np.ndarray:
         """The centred, L2-normalised features ``z`` that the centroids live in."""
-        return self._normalise(self._fitted_features(X)).cpu().numpy()
+        return self._normalise(self._prepare(self._fitted_features(X))).cpu().numpy()
+
+    def _prepare(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(X, dim=1) if self._unit_first else X
 
     def _normalise(self, X: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(X - self._mean_t, dim=1)
@@ -51,6 +65,7 @@ class SimpleShot(TorchClassifier):
         device, dtype = self._common_checks()
         Xt = as_features(X, dtype=dtype, device=device)
         classes, codes = encode_labels(y, Xt.shape[0])
+        Xt = self._prepare(Xt)
         if len(classes) < 2:
             raise DataError(
                 f"training labels hold only the class {classes[0]!r}; a classifier needs at least two"
@@ -72,4 +87,19 @@ class SimpleShot(TorchClassifier):
         return self
 
     def _scores(self, X: torch.Tensor) -> torch.Tensor:
-        return -torch.cdist(self._normalise(X), self._centroids_t)
+        return -torch.cdist(self._normalise(self._prepare(X)), self._centroids_t)
+
+
+class BioCLIPFewShot(SimpleShot):
+    """BioCLIP's few-shot classifier: L2-normalise each feature, then SimpleShot's CL2N nearest centroid.
+
+    The order is BioCLIP's (``few_shot.py`` @ 4ea3247): unit-normalise every image feature (``run``), take the
+    mean of the normalised support features, subtract it from support and queries and normalise again
+    (``CL2N``), average each class's support vectors into a centroid without re-normalising it, and predict the
+    class whose centroid is nearest in Euclidean distance (``LA.norm(train_center[:, None] - test)``, 1-NN).
+    ``mean_`` is therefore the mean of unit vectors. Exact distance ties (which need duplicated support images)
+    go to the first class in sorted order here; BioCLIP's ``np.argpartition`` leaves them unspecified.
+
+    Parameters are SimpleShot's.
+    """
+    _unit_first = True

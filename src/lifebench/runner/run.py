@@ -3,10 +3,18 @@
 A job whose config hash is already in the store is skipped without loading anything (``force``
 recomputes it; the embedding cache still saves the forward pass). Each finished job is written to the
 store in one transaction, so a crash or kill loses only the job in flight and never leaves half of one.
+
+One pipeline for every job: :func:`_strategy` looks once at the task's kind (:attr:`Task.kind
+<lifebench.tasks.base.Task.kind>`), whether the protocol is zero-shot and whether the backbone is generative, and
+picks a strategy; the strategy returns per-unit records (a part, a fold, or the whole split: ``ids``, ``y_true``,
+``y_pred``, ``score``, ``topk``, ``part``, ``group``, ``extra``, ``info``), and :func:`_write` turns them into one
+experiment and its predictions. Why: the checks and the bookkeeping live in one place, and a new kind is one
+short function plus one row of :data:`_STRATEGIES`, not another flag tested in several branches.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -14,22 +22,26 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lifebench.backbones import load_backbone
 from lifebench.errors import ConfigError, DataError
 from lifebench.features import Embeddings, embed, embed_texts, resolve_device, zero_shot_weights
-from lifebench.protocols import ZeroShot, fit_info, make_protocol, top_k
+from lifebench.protocols import PROTOCOLS, ZeroShot, fit_info, make_protocol, top_k
 from lifebench.protocols.zeroshot import zero_shot_choices
 from lifebench.runner.plan import Job
 from lifebench.store import Experiment, Predictions, Store
 from lifebench.store.provenance import collect as collect_provenance
 from lifebench.store.sqlite import LEASE_S
-from lifebench.tasks.base import UNKNOWN
+from lifebench.tasks.base import UNKNOWN, Task
 from lifebench.tasks.taxonomy import class_texts, default_templates, load_templates
+from lifebench.vlm.run import answer_questions
 
 __all__ = ["JobResult", "RunOptions", "plan_status", "run_jobs"]
 
@@ -143,7 +155,7 @@ def _run_group(backbone_id: str, group: list[Job], store: Store, options: RunOpt
                results: list[JobResult], owner: str) -> None:
     """Run one backbone's jobs: claim each, load the backbone on the first claim, embed each task once."""
     backbone, load_s = None, 0.0
-    embeddings: dict[str, Embeddings] = {}
+    embeddings: dict[tuple[str, str], Embeddings] = {}
     for job in group:
         done = None if options.force else store.get(job.config_hash)
         if done is not None:
@@ -162,23 +174,24 @@ def _run_group(backbone_id: str, group: list[Job], store: Store, options: RunOpt
                 backbone = load_backbone(backbone_id)
                 load_s = time.perf_counter() - t0
                 log.info("loaded %s in %.1f s", backbone.id, load_s)
-            if getattr(backbone, "generative", False):  # a VLM answers each question itself: nothing to embed
-                from lifebench.vlm.run import run_generative
-
-                results.append(run_generative(job, backbone, store, options, provenance, {"load_backbone": load_s}))
-                continue
-            key = job.task.examples.manifest_hash()  # tasks on the same images share one embedding
-            first_use = key not in embeddings
-            if first_use:
-                embeddings[key] = embed(
-                    backbone, job.task.examples, cache_dir=options.cache_dir, device=device,
-                    batch_size=options.batch_size, num_workers=options.num_workers,
-                    skip_bad_images=options.skip_bad_images, show_progress=options.show_progress,
-                )
-            emb = embeddings[key]
-            timings = {"load_backbone": load_s, "embed": emb.seconds if first_use else 0.0}
+            strategy = _strategy(job, backbone)  # before embedding: a job that cannot run stops at once
+            emb, first_use, timings = None, False, {"load_backbone": load_s}
+            if not getattr(backbone, "generative", False):  # a VLM answers each question itself: nothing to embed
+                decode = job.setting("decode")  # the job's own setting, which its config hash covers
+                key = (job.task.examples.manifest_hash(), decode)  # tasks on the same images share one embedding
+                first_use = key not in embeddings
+                if first_use:
+                    embeddings[key] = embed(
+                        backbone, job.task.examples, cache_dir=options.cache_dir, device=device,
+                        batch_size=options.batch_size, num_workers=options.num_workers,
+                        skip_bad_images=options.skip_bad_images, show_progress=options.show_progress,
+                        decode=decode,
+                    )
+                emb = embeddings[key]
+                timings["embed"] = emb.seconds if first_use else 0.0
             load_s = 0.0  # charged to the first job after loading only
-            results.append(_run_one(job, emb, store, options, device, timings, first_use, provenance, backbone))
+            run = _JobRun(job, emb, backbone, options, device, timings)
+            results.append(_run_one(run, strategy, store, first_use, provenance))
         except Exception as err:
             if not options.keep_going:
                 raise
@@ -229,116 +242,249 @@ def _ranked(est, X: np.ndarray, names: np.ndarray):
     return np.where(known, names[np.where(known, pred, 0)], UNKNOWN).astype(str), ranked.astype(str), conf
 
 
-def _zero_shot_weights(task, est: ZeroShot, backbone, options: RunOptions, device) -> np.ndarray:
-    """The class weights of ``task.classes`` for the zero-shot estimator ``est``, from ``backbone``'s text tower."""
+def _zero_shot_weights(task, est: ZeroShot, backbone, options: RunOptions, device) -> tuple[np.ndarray, list[str]]:
+    """The class weights of ``task.classes`` for the zero-shot estimator ``est``, from ``backbone``'s text tower,
+    and the class texts they were built from."""
     templates = default_templates() if est.templates == "bioclip" else load_templates(est.templates)
     names = class_texts(list(task.classes), task.taxonomy, est.text_type or task.text_type)
     log.info("zero-shot %s: %d classes x %d templates, e.g. %r", task.name, len(names), len(templates),
              templates[0].format(names[0]))
-    return zero_shot_weights(backbone, names, templates, cache_dir=options.cache_dir, device=device)
+    return zero_shot_weights(backbone, names, templates, cache_dir=options.cache_dir, device=device), names
 
 
-def _fit_unit(job: Job, emb: Embeddings, unit, device, timings: dict, text_weights=None) -> dict | None:
-    """Fit and predict one unit of ``job.task`` (a part, a fold, or the whole split); None when it has no test rows.
+@dataclass
+class _Unit:
+    """One fit-and-predict unit with its unreadable images dropped: a part, a fold, or the whole split.
 
-    ``text_weights(est)`` gives a zero-shot estimator its class weights (no training images are used);
-    ``text_weights(est, texts)`` embeds the captions of a multiple-choice task's options."""
-    task = job.task
-    part, labels, train_all, test_all = unit
-    train, test = train_all[emb.ok[train_all]], test_all[emb.ok[test_all]]
-    where = f"task {task.name!r}" + (f", part {part!r}" if part else "")
-    if len(test) == 0:
-        return None
-    groups = task.examples.groups
-    X_test, y_test, pooled_ids = _pool(emb.vectors, labels, groups, test, task.pool_test)
-    est = make_protocol(job.protocol, **job.param_dict, random_state=job.seed, device=str(device))
-    if isinstance(est, ZeroShot):
-        if task.parts or task.leave_one_out:
-            raise ConfigError(f"{where} has several parts or is scored leave-one-out; zero-shot needs one class "
-                              "name per label: use the task's own protocol")
-        names = np.array(task.classes, dtype=object)
+    ``X_test``, ``y_test`` and ``ids`` are already pooled per group when the task pools its test side."""
+
+    name: str
+    """The part's name; "" for a fold or the whole split."""
+    labels: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    ids: np.ndarray
+    where: str
+    """How errors name the unit: ``task 'x'`` or ``task 'x', part 'y'``."""
+
+    def record(self, y_pred: np.ndarray, ranked: np.ndarray, conf: np.ndarray, extra: dict, info: dict) -> dict:
+        """The per-unit record every strategy returns; a part's ids become ``"<part>/<id>"`` to stay unique."""
+        ids = np.char.add(f"{self.name}/", self.ids) if self.name else self.ids
+        return {"ids": ids, "y_true": self.y_test.astype(str), "y_pred": y_pred, "score": conf, "topk": ranked,
+                "part": np.full(len(ids), self.name) if self.name else None, "group": self.ids, "extra": extra,
+                "info": info}
+
+
+@dataclass
+class _JobRun:
+    """One job in flight: what every strategy reads (job, embeddings, backbone, options) and adds to (timings)."""
+
+    job: Job
+    emb: Embeddings | None
+    """None for a generative backbone, which reads the images itself."""
+    backbone: Any
+    options: RunOptions
+    device: Any
+    timings: dict[str, float]
+    weights: dict[tuple, np.ndarray] = field(default_factory=dict)
+    """Zero-shot class weights per (text type, templates): built once per job, not once per fold."""
+
+    @property
+    def task(self) -> Task:
+        return self.job.task
+
+    def protocol(self):
+        """A fresh estimator of the job's protocol: each unit gets its own, so folds and parts never share a fit."""
+        return make_protocol(self.job.protocol, **self.job.param_dict, random_state=self.job.seed,
+                             device=str(self.device))
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the seconds the block takes to ``timings[phase]`` (summed over units)."""
         t = time.perf_counter()
-        if task.questions is not None:  # multiple choice: each question's own options, matched by their captions
-            y_pred, ranked, conf = zero_shot_choices(task.questions, test, X_test, lambda texts: text_weights(est, texts),
-                                                     est.logit_scale)
-            timings["fit"] = timings.get("fit", 0.0) + time.perf_counter() - t
-        else:
-            est.fit(text_weights(est))
-            timings["fit"] = timings.get("fit", 0.0) + time.perf_counter() - t
-            y_pred, ranked, conf = _ranked(est, X_test, names)
-        ids = task.examples.ids[test].astype(str) if pooled_ids is None else pooled_ids
-        return {"ids": ids, "y_true": y_test.astype(str), "y_pred": y_pred, "score": conf, "topk": ranked,
-                "part": None, "group": ids, "extra": {}, "part_name": part,
-                "info": {"n_train": 0, "text_type": est.text_type or task.text_type, "n_classes": len(names)}}
-    if not task.leave_one_out and np.intersect1d(train, test).size:
-        raise ConfigError(f"{where} has the same images in train and test (every image is both, as in BioCLIP's "
+        yield
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t
+
+    def class_weights(self, est: ZeroShot) -> tuple[np.ndarray, list[str]]:
+        key = (est.text_type, est.templates)
+        if key not in self.weights:
+            self.weights[key] = _zero_shot_weights(self.task, est, self.backbone, self.options, self.device)
+        return self.weights[key]
+
+    def caption_weights(self, texts: list[str]) -> np.ndarray:
+        """The text-tower vectors of multiple-choice captions, embedded as written."""
+        return embed_texts(self.backbone, texts, cache_dir=self.options.cache_dir, device=self.device)
+
+    def units(self) -> Iterator[_Unit]:
+        """The task's units (:meth:`Task.units`) that keep at least one readable test image."""
+        task, emb = self.task, self.emb
+        for name, labels, train_all, test_all in task.units():
+            train, test = train_all[emb.ok[train_all]], test_all[emb.ok[test_all]]
+            if len(test):
+                X_test, y_test, pooled_ids = _pool(emb.vectors, labels, task.examples.groups, test, task.pool_test)
+                ids = task.examples.ids[test].astype(str) if pooled_ids is None else pooled_ids
+                where = f"task {task.name!r}" + (f", part {name!r}" if name else "")
+                yield _Unit(name, labels, train, test, X_test, y_test, ids, where)
+
+
+def _fit_probe(run: _JobRun, unit: _Unit, est, *, same_images: bool = False, unseen: bool = False):
+    """Fit ``est`` on the unit's training side; returns the training labels and the class names it was fit on.
+
+    ``same_images``: train and test may share images (leave-one-out), else a probe would be scored on images it
+    was fit on; ``unseen``: test classes without training images are scored as misses, else each is a data error.
+    """
+    task = run.task
+    if not same_images and np.intersect1d(unit.train, unit.test).size:
+        raise ConfigError(f"{unit.where} has the same images in train and test (every image is both, as in BioCLIP's "
                           f"suite); a probe would be scored on images it was fit on: use --protocol zero-shot, or "
                           f"--shots K for few-shot")
-    X_train, y_train, _ = _pool(emb.vectors, labels, groups, train, task.pool_train)
+    X_train, y_train, _ = _pool(run.emb.vectors, unit.labels, task.examples.groups, unit.train, task.pool_train)
     names = np.array(sorted(set(y_train.tolist())), dtype=object)
     if names.size < 2:
-        raise DataError(f"{where} has fewer than 2 classes with readable training images")
-    if not task.open_set and not task.leave_one_out and (absent := sorted(set(y_test.tolist()) - set(names.tolist()))):
+        raise DataError(f"{unit.where} has fewer than 2 classes with readable training images")
+    if not unseen and (absent := sorted(set(unit.y_test.tolist()) - set(names.tolist()))):
         shown = ", ".join(map(repr, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
-        raise DataError(f"{where}: test classes absent from training: {shown}; a probe cannot predict a class it "
+        raise DataError(f"{unit.where}: test classes absent from training: {shown}; a probe cannot predict a class it "
                         "never saw: add training images of them or remove them from the test split")
-    codes = np.searchsorted(names, y_train)
-    t = time.perf_counter()
-    est.fit(X_train, codes)
-    timings["fit"] = timings.get("fit", 0.0) + time.perf_counter() - t
-    t = time.perf_counter()
-    extras: dict[str, np.ndarray] = {}
-    if task.leave_one_out:
-        if not hasattr(est, "leave_one_out"):
-            raise ConfigError(f"{where} is scored leave-one-out; protocol {job.protocol!r} cannot do that: use "
-                              f"--protocol {task.protocol}")
-        pred_codes, ranked_codes, extras = est.leave_one_out()
+    with run.timed("fit"):
+        est.fit(X_train, np.searchsorted(names, y_train))
+    return y_train.astype(str), names
+
+
+def _row_extras(run: _JobRun, unit: _Unit, y_pred: np.ndarray, y_train: np.ndarray, extra: dict) -> dict:
+    """``extra`` plus the task's own per-prediction columns (FungiCLEF's costs), where it has them."""
+    if run.task.row_extras is None:
+        return extra
+    return {**extra, **run.task.row_extras(unit.y_test.astype(str), y_pred, y_train)}
+
+
+def _probe(run: _JobRun, unit: _Unit, *, unseen: bool = False) -> dict:
+    """Plain, folds, parts (and a multiple-choice task under a probe): fit on train, rank the test side."""
+    est = run.protocol()
+    y_train, names = _fit_probe(run, unit, est, unseen=unseen)
+    with run.timed("predict"):
+        y_pred, ranked, conf = _ranked(est, unit.X_test, names)
+        extra = _row_extras(run, unit, y_pred, y_train, {})
+    return unit.record(y_pred, ranked, conf, extra, {**fit_info(est), "n_train": len(y_train)})
+
+
+def _open_set(run: _JobRun, unit: _Unit) -> dict:
+    """Open set: as :func:`_probe`, but a test class without training images is scored (a miss), not refused."""
+    return _probe(run, unit, unseen=True)
+
+
+def _leave_one_out(run: _JobRun, unit: _Unit) -> dict:
+    """Leave-one-out (re-identification): the protocol predicts each example from all the others."""
+    est = run.protocol()
+    if not hasattr(est, "leave_one_out"):
+        raise ConfigError(f"{unit.where} is scored leave-one-out; protocol {run.job.protocol!r} cannot do that: use "
+                          f"--protocol {run.task.protocol}")
+    y_train, names = _fit_probe(run, unit, est, same_images=True, unseen=True)
+    with run.timed("predict"):
+        pred_codes, ranked_codes, extra = est.leave_one_out()
         y_pred = names[np.asarray(pred_codes)].astype(str)
-        ranked = names[np.asarray(ranked_codes)].astype(str)
-        conf = np.full(len(y_pred), np.nan)
-    else:
-        y_pred, ranked, conf = _ranked(est, X_test, names)
-    if task.row_extras is not None:
-        extras = {**extras, **task.row_extras(y_test.astype(str), y_pred, y_train.astype(str))}
-    timings["predict"] = timings.get("predict", 0.0) + time.perf_counter() - t
-    ids = task.examples.ids[test].astype(str) if pooled_ids is None else pooled_ids
-    return {"ids": np.char.add(f"{part}/", ids) if part else ids, "y_true": y_test.astype(str), "y_pred": y_pred,
-            "score": conf, "topk": ranked, "part": np.full(len(ids), part) if part else None, "group": ids,
-            "extra": extras, "info": {**fit_info(est), "n_train": int(len(y_train))}, "part_name": part}
+        extra = _row_extras(run, unit, y_pred, y_train, extra)
+    return unit.record(y_pred, names[np.asarray(ranked_codes)].astype(str), np.full(len(y_pred), np.nan), extra,
+                       {**fit_info(est), "n_train": len(y_train)})
 
 
-def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, device, timings: dict,
-             first_use: bool, provenance: dict, backbone) -> JobResult:
-    task = job.task
-    fingerprint = backbone.fingerprint
+def _zero_shot_info(run: _JobRun, est: ZeroShot) -> dict:
+    return {"n_train": 0, "text_type": est.text_type or run.task.text_type, "n_classes": len(run.task.classes)}
 
-    weights: dict[tuple[str, str], np.ndarray] = {}  # once per job, not per fold
 
-    def text_weights(est: ZeroShot, texts: list[str] | None = None) -> np.ndarray:
-        if texts is not None:  # the captions of multiple-choice options (task.questions), embedded as written
-            return embed_texts(backbone, texts, cache_dir=options.cache_dir, device=device)
-        key = (est.text_type, est.templates)
-        if key not in weights:
-            weights[key] = _zero_shot_weights(task, est, backbone, options, device)
-        return weights[key]
+def _zero_shot(run: _JobRun, unit: _Unit) -> dict:
+    """Zero-shot (plain, folds, open set): every class scored by its name's prompts; no training image is used."""
+    est = run.protocol()
+    with run.timed("fit"):
+        weights, texts = run.class_weights(est)
+        est.fit(weights, run.task.classes, texts=texts, model_logit_scale=getattr(run.backbone, "logit_scale", None))
+    y_pred, ranked, conf = _ranked(est, unit.X_test, np.array(run.task.classes, dtype=object))
+    y_pred, ranked = est.credit_shared_texts(unit.y_test, y_pred, ranked)  # BioCLIP: one class per text
+    return unit.record(y_pred, ranked, conf, {}, {**_zero_shot_info(run, est), **fit_info(est)})
 
-    units = [u for u in (_fit_unit(job, emb, unit, device, timings, text_weights) for unit in task.units())
-             if u is not None]
-    if not units:
-        raise DataError(f"task {task.name!r} has no readable test images")
-    width = min(TOPK, max(u["topk"].shape[1] for u in units))
+
+def _choices(run: _JobRun, unit: _Unit) -> dict:
+    """Zero-shot multiple choice: per question, its own options, matched by their captions."""
+    est = run.protocol()
+    with run.timed("fit"):
+        scale, source = est.resolve_logit_scale(getattr(run.backbone, "logit_scale", None))
+        y_pred, ranked, conf = zero_shot_choices(run.task.questions, unit.test, unit.X_test, run.caption_weights,
+                                                 scale)
+    return unit.record(y_pred, ranked, conf, {}, {**_zero_shot_info(run, est), "logit_scale": scale,
+                                                  "logit_scale_source": source})
+
+
+def _generative(run: _JobRun) -> list[dict]:
+    """A generative VLM on a multiple-choice task: it reads each image and answers the lettered question."""
+    run.backbone.to(run.device)  # a local model (hf-vlm) runs where --device says
+    with run.timed("predict"):
+        return [answer_questions(run.task, run.backbone, cache_dir=run.options.cache_dir,
+                                 endpoint=run.options.endpoint, show_progress=run.options.show_progress,
+                                 answer_scoring=run.job.setting("answer_scoring"))]
+
+
+_STRATEGIES: dict[tuple[str, bool], Callable[[_JobRun, _Unit], dict]] = {
+    # (task kind, zero-shot protocol) -> the strategy run on each unit; a pair missing here cannot run
+    ("plain", False): _probe, ("folds", False): _probe, ("parts", False): _probe,
+    ("multiple-choice", False): _probe,  # a probe fits the labels and leaves the questions aside
+    ("open-set", False): _open_set, ("leave-one-out", False): _leave_one_out,
+    ("plain", True): _zero_shot, ("folds", True): _zero_shot, ("open-set", True): _zero_shot,
+    ("multiple-choice", True): _choices,
+}
+
+
+def _strategy(job: Job, backbone) -> Callable[[_JobRun], list[dict]]:
+    """How ``job`` runs, decided once from its task's kind, whether its protocol is zero-shot and whether its
+    backbone is generative; a combination that cannot run is a :class:`ConfigError` before anything is embedded."""
+    task, kind = job.task, job.task.kind
+    if getattr(backbone, "generative", False):
+        if kind != "multiple-choice":
+            raise ConfigError(f"task {task.name!r} has no multiple-choice questions, and {backbone.id!r} is a "
+                              "generative model that answers questions; use it on the microscopy suite, or an image "
+                              "encoder here")
+        if job.protocol != "zero-shot":
+            raise ConfigError(f"{job.label()}: a generative model answers without training images; use the task's "
+                              "protocol zero-shot (drop --protocol)")
+        return _generative
+    zero_shot = issubclass(PROTOCOLS.get(job.protocol), ZeroShot)
+    per_unit = _STRATEGIES.get((kind, zero_shot))
+    if per_unit is None:
+        raise ConfigError(f"task {task.name!r} is a {kind!r} task (several parts, or scored leave-one-out); zero-shot "
+                          f"needs one class name per label: use the task's own protocol, --protocol {task.protocol}")
+    return functools.partial(_each_unit, per_unit)
+
+
+def _each_unit(per_unit: Callable[[_JobRun, _Unit], dict], run: _JobRun) -> list[dict]:
+    return [per_unit(run, unit) for unit in run.units()]
+
+
+def _run_one(run: _JobRun, strategy: Callable[[_JobRun], list[dict]], store: Store, first_use: bool,
+             provenance: dict) -> JobResult:
+    """Run one job with its strategy and store what it predicted, in one transaction."""
+    records = strategy(run)
+    if not records:
+        raise DataError(f"task {run.task.name!r} has no readable test images")
+    return _write(run, records, store, first_use, provenance)
+
+
+def _write(run: _JobRun, records: list[dict], store: Store, first_use: bool, provenance: dict) -> JobResult:
+    """The experiment and its predictions from a strategy's per-unit records, for every kind; stored at once."""
+    job, task, emb, timings = run.job, run.task, run.emb, run.timings
+    width = min(TOPK, max(r["topk"].shape[1] for r in records))
     # a probe that saw fewer classes than the task ranks fewer: pad with "" (no prediction), never a class
-    topk = np.concatenate([np.pad(u["topk"][:, :width], ((0, 0), (0, width - u["topk"][:, :width].shape[1])),
-                                  constant_values="") for u in units])
-    infos = [u["info"] for u in units]
+    topk = np.concatenate([np.pad(r["topk"][:, :width], ((0, 0), (0, width - r["topk"][:, :width].shape[1])),
+                                  constant_values="") for r in records])
+    parted = records[0]["part"] is not None
+    infos = [r["info"] for r in records]
     if len(infos) == 1:
         info = infos[0]
-    elif task.parts:
-        info = {"parts": {u["part_name"]: u["info"] for u in units}}
+    elif parted:
+        info = {"parts": {str(r["part"][0]): r["info"] for r in records}}
     else:
         info = {"folds": infos}
-    n_train = int(round(np.mean([i["n_train"] for i in infos])))
-    n_bad = int((~emb.ok).sum())
+    features = {} if emb is None else {"embedding_key": emb.key, "embedding_dim": int(emb.vectors.shape[1])}
     exp = Experiment(
         id=None,
         config_hash=job.config_hash,
@@ -346,30 +492,30 @@ def _run_one(job: Job, emb: Embeddings, store: Store, options: RunOptions, devic
         backbone=job.backbone,
         protocol=job.protocol,
         metric=task.metric,
-        n_train=n_train,
+        n_train=int(round(np.mean([i["n_train"] for i in infos]))),
         seed=job.seed,
         config=job.config(),
         classes=list(task.classes),
-        fit_info={**info, "n_bad_images": n_bad, "embedding_key": emb.key, "embedding_dim": int(emb.vectors.shape[1]),
-                  "weights_fingerprint": fingerprint},
+        fit_info={**info, "n_bad_images": 0 if emb is None else int((~emb.ok).sum()), **features,
+                  "weights_fingerprint": run.backbone.fingerprint},
         provenance=provenance,
         timings=timings,
         created_at=time.time(),
     )
-    extra_names = set(units[0]["extra"])
-    if any(set(u["extra"]) != extra_names for u in units):
+    extra_names = set(records[0]["extra"])
+    if any(set(r["extra"]) != extra_names for r in records):
         raise AssertionError(f"task {task.name!r}: units returned different per-example columns")
     preds = Predictions(
-        ids=np.concatenate([u["ids"] for u in units]),
-        y_true=np.concatenate([u["y_true"] for u in units]),
-        y_pred=np.concatenate([u["y_pred"] for u in units]),
-        score=np.concatenate([u["score"] for u in units]),
+        ids=np.concatenate([r["ids"] for r in records]),
+        y_true=np.concatenate([r["y_true"] for r in records]),
+        y_pred=np.concatenate([r["y_pred"] for r in records]),
+        score=None if records[0]["score"] is None else np.concatenate([r["score"] for r in records]),
         topk=topk,
-        part=np.concatenate([u["part"] for u in units]) if task.parts else None,
-        group=np.concatenate([u["group"] for u in units]) if task.parts else None,
-        extra={k: np.concatenate([u["extra"][k] for u in units]) for k in extra_names},
+        part=np.concatenate([r["part"] for r in records]) if parted else None,
+        group=np.concatenate([r["group"] for r in records]) if parted else None,
+        extra={k: np.concatenate([r["extra"][k] for r in records]) for k in extra_names},
     )
-    exp_id = store.write(exp, preds, replace=options.force)
-    log.info("done: %s (fit %.2f s)", job.label(), timings["fit"])
+    exp_id = store.write(exp, preds, replace=run.options.force)
+    log.info("done: %s (%s)", job.label(), ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     return JobResult(job, "done", experiment_id=exp_id, n_encoded=emb.n_encoded if first_use else 0,
                      timings=timings, fit_info=exp.fit_info)

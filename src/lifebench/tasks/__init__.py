@@ -1,8 +1,8 @@
-"""Tasks: named built-in tasks (a registry of factories) and a user's own folder or manifest.
+"""Tasks: the built-in benchmarks (:data:`CATALOG`, one spec each), generated tasks, and a user's own data.
 
-``resolve_task("path/to/images")`` loads a folder or manifest; ``resolve_task("name")`` calls the factory
-registered under that name in :data:`TASKS`. A factory takes the same keyword options as :func:`load_task`
-(``test_size``, ``seed``, ``name``...) that make sense for it and returns a :class:`Task`.
+``resolve_task("path/to/images")`` loads a folder or manifest; ``resolve_task("name")`` loads the benchmark of that
+name (:func:`load_benchmark`) or calls the generated task's factory in :data:`TASKS`. Keyword options go to the
+loader (``data_root`` for a benchmark; ``test_size``, ``seed``, ``name``... for a folder).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "TASKS",
     "Examples",
     "Task",
+    "load_benchmark",
     "load_task",
     "resolve_task",
     "stratified_split",
@@ -35,7 +36,8 @@ __all__ = [
 _HOW = "give a registered task name, a folder of class folders, or a CSV/Parquet manifest"
 
 TASKS: Registry[Callable[..., Task]] = Registry("task", hint=_HOW)
-"""Named tasks: name -> factory (or lazy ``"module:attr"``) returning a :class:`Task`. Built-in suites go here."""
+"""Generated tasks that need no download: name -> factory (or lazy ``"module:attr"``) returning a :class:`Task`.
+The benchmark tasks are specs in :data:`CATALOG` (:mod:`lifebench.tasks.catalog`)."""
 
 TASKS.register("tuxpaint-organisms", "lifebench.tasks.tuxpaint:load_default",
                help="161 photo cut-outs, 5 classes (bird, mammal, insect, fish, flower); Debian package, GPL-2; the demo task")
@@ -43,20 +45,22 @@ TASKS.register("synthetic-shapes", "lifebench.tasks.synthetic:load_default",
                help="generated shapes on noise, 5 classes x 24 images; offline fallback and tests")
 
 
-def _benchmark_factory(name: str) -> Callable[..., Task]:
-    def load(*, data_root: str | os.PathLike[str] | None = None, **kw: Any) -> Task:
-        from lifebench.config import data_dir
-        from lifebench.tasks.catalog import task_module
+def load_benchmark(name: str, *, data_root: str | os.PathLike[str] | None = None, **kw: Any) -> Task:
+    """Load the built-in task ``name`` from ``data_root/<its folder>`` (default: the data folder).
 
-        return task_module(name).load(Path(data_root or data_dir()) / name, **kw)
+    The spec's values are the task's: its metric and default protocol are set from the spec, and a loader whose
+    task is of another evaluation kind than the spec declares is a bug caught here, not a silent wrong number.
+    """
+    import dataclasses
 
-    return load
+    from lifebench.config import data_dir
+    from lifebench.tasks.catalog import get_info
 
-
-for _info in CATALOG.values():
-    if _info.implemented:
-        TASKS.register(_info.name, _benchmark_factory(_info.name),
-                       help=f"{_info.display}: {_info.modality}, {_info.protocol}, {_info.metric}")
+    spec = get_info(name)
+    task = spec.load(Path(data_root or data_dir()) / spec.data_folder, **{**spec.options, **kw})
+    if task.kind != spec.kind:
+        raise AssertionError(f"task {name!r} loaded as kind {task.kind!r}; its spec says {spec.kind!r}")
+    return dataclasses.replace(task, metric=spec.metric, protocol=spec.protocol)
 
 
 def resolve_task(name_or_path: str | os.PathLike[str], **kw: Any) -> Task:
@@ -72,10 +76,12 @@ def resolve_task(name_or_path: str | os.PathLike[str], **kw: Any) -> Task:
     text = os.fspath(name_or_path)
     if os.path.exists(os.path.expanduser(text)):
         return load_task(text, **kw)
+    if text in CATALOG:
+        return load_benchmark(text, **kw)
     if text in TASKS:
         return TASKS.get(text)(**kw)
     if "/" in text or os.sep in text or text.lower().endswith((".csv", ".tsv", ".parquet")):
         raise DataError(f"task path {text} does not exist; give a folder of class folders, a CSV/Parquet "
                         "manifest, or a registered task name (lifebench ls tasks)")
-    raise UnknownNameError("task", text, TASKS.names(),
+    raise UnknownNameError("task", text, [*CATALOG, *TASKS.names()],
                            hint=f"{text!r} is neither a registered task nor an existing path; {_HOW}")

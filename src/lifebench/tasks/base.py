@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -16,13 +17,17 @@ import numpy as np
 
 from lifebench.errors import ConfigError, DataError
 
-__all__ = ["POOLINGS", "UNKNOWN", "Examples", "Part", "Question", "Task"]
+__all__ = ["BIOCLIP_FOLDS", "KINDS", "POOLINGS", "UNKNOWN", "Examples", "Part", "Question", "Task", "bioclip_support"]
 
 UNKNOWN = "<unknown>"
 """The label stored for an open-set "none of the known classes" prediction (a protocol predicts code -1)."""
 
 POOLINGS = ("max", "mean")
 """How the embeddings of examples sharing a group (frames of a clip, photos of an observation) become one."""
+
+KINDS = ("plain", "parts", "folds", "leave-one-out", "open-set", "multiple-choice")
+"""How a task is evaluated (:attr:`Task.kind`); the runner picks one strategy per kind. Pooling is not a kind:
+it is an option of either side (``Task.pool_train``, ``Task.pool_test``) that combines with every kind."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,18 +190,49 @@ class Task:
             return [(p.name, p.labels, np.asarray(p.train_idx), np.asarray(p.test_idx)) for p in self.parts]
         return [("", self.examples.labels, tr, te) for tr, te in self.evaluation_splits()]
 
+    @property
+    def kind(self) -> str:
+        """How this task is evaluated, one of :data:`KINDS`, read from its fields once so that the runner does not
+        test each flag itself.
+
+        A task that sets several of the fields gets the first that applies, in this order: ``questions``
+        ("multiple-choice"), ``parts``, ``leave_one_out``, ``open_set`` ("open-set"), ``folds``, else "plain".
+        Open set outranks folds because it changes what is scored (test classes without training images are
+        allowed), while folds only change how the split is iterated, which :meth:`units` does for every kind. A
+        multiple-choice task is multiple choice only under zero-shot or a generative model; a probe scores it as a
+        plain task.
+        """
+        if self.questions is not None:
+            return "multiple-choice"
+        if self.parts:
+            return "parts"
+        if self.leave_one_out:
+            return "leave-one-out"
+        if self.open_set:
+            return "open-set"
+        return "folds" if self.folds is not None else "plain"
+
     def with_n_train(self, n: int, seed: int = 0) -> Task:
         """This task with ``n`` training examples, spread over the classes as evenly as possible (seeded,
         nested in ``n``); the test side is unchanged. Pooled training sides draw whole groups (clips).
 
         ``n`` may be at most the number of training examples (clips when pooled); ``n`` equal to it keeps them all.
         A larger ``n`` raises :class:`ConfigError`: the task would be named ``@n<n>`` but train on fewer.
+
+        Tasks with parts follow BioBench's meaning of ``n_train`` (see :meth:`_parts_with_n_train`). Leave-one-out
+        tasks (re-identification) refuse: every image is a query against all the others, so there is no training
+        side to shrink (BioBench's Beluga ignores ``n_train`` too); folds refuse as before.
         """
         from lifebench.tasks.split import subsample_total
 
-        if self.parts or self.leave_one_out or self.folds is not None:
-            kind = "several parts" if self.parts else "leave-one-out" if self.leave_one_out else "cross-fitting folds"
-            raise ConfigError(f"task {self.name!r} uses {kind}; --n-train needs a task with one train/test split")
+        if self.leave_one_out:
+            raise ConfigError(f"task {self.name!r} is scored leave-one-out (each image is a query against all the "
+                              "others), so it has no training set to shrink: run it without --n-train")
+        if self.folds is not None:
+            raise ConfigError(f"task {self.name!r} uses cross-fitting folds; --n-train needs a task with one "
+                              "train/test split")
+        if self.parts:
+            return self._parts_with_n_train(n, seed)
         train = np.asarray(self.train_idx)
         labels = self.examples.labels[train]
         if self.pool_train is None:
@@ -214,9 +250,54 @@ class Task:
         return dataclasses.replace(self, name=f"{self.name}@n{n}", train_idx=picked,
                                    split_source=f"{self.split_source}; {n} training examples, class-balanced, seed {seed}")
 
+    def _parts_with_n_train(self, n: int, seed: int) -> Task:
+        """``n`` training images for a task with parts, in BioBench's two meanings.
+
+        * Parts sharing one training set (FishNet's traits): ``n`` images drawn uniformly from it, the same for
+          every part, because BioBench's FishNet draws ``n_train`` rows of ``train.csv`` at random
+          (``rng.choice(len(dataset), n_train, replace=False)``) for one model of all nine traits; a class balance
+          over nine binary traits at once does not exist. A prefix of one seeded permutation, so nested in ``n``.
+        * Parts with their own training sets (NeWT's tasks): per part, :func:`~lifebench.tasks.split.subsample_shares`
+          (``n // 2`` images of label 0, the rest of label 1, a label with fewer kept whole: BioBench's
+          ``newt.sample``), each part with its own seed stream derived from ``seed`` and the part's name.
+
+        ``n`` larger than the largest training set raises :class:`ConfigError` (no part would be subsampled), and so
+        does a shared draw that leaves a part with one label (BioBench's single MLP fits anyway; a probe per part
+        cannot), naming the part.
+        """
+        from lifebench.tasks.split import subsample_shares
+
+        trains = [np.asarray(p.train_idx) for p in self.parts]
+        most = max(len(t) for t in trains)
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ConfigError(f"--n-train {n!r} is not a positive whole number; give e.g. 16")
+        if n > most:
+            raise ConfigError(f"--n-train {n} is too large: the largest part of task {self.name!r} has "
+                              f"{_count(most, 'training image')}; give --n-train of at most {most}")
+        if all(np.array_equal(t, trains[0]) for t in trains[1:]):
+            picked = np.sort(trains[0][np.random.default_rng(seed).permutation(len(trains[0]))[:n]])
+            parts = tuple(dataclasses.replace(p, train_idx=picked) for p in self.parts)
+            how = f"{n} training images drawn uniformly, the same for every part, seed {seed}"
+            one = next((p.name for p in parts if n < len(trains[0]) and len(set(p.labels[picked].tolist())) < 2), None)
+            if one is not None:  # BioBench's one MLP fits anyway; a probe per part cannot learn from one label
+                raise ConfigError(f"--n-train {n} (seed {seed}) leaves part {one!r} of task {self.name!r} with training "
+                                  "images of one label only, and a probe needs two: give a larger --n-train")
+        else:
+            k = max(len(set(p.labels[t].tolist())) for p, t in zip(self.parts, trains, strict=True))
+            if n < k:
+                raise ConfigError(f"--n-train {n} is too small for task {self.name!r}: each part draws n // {k} "
+                                  f"training images of each of its {k} labels; give --n-train of at least {k}")
+            parts = tuple(dataclasses.replace(p, train_idx=t[subsample_shares(p.labels[t], n, [seed, _stable(p.name)])])
+                          for p, t in zip(self.parts, trains, strict=True))
+            picked = np.unique(np.concatenate([p.train_idx for p in parts]))
+            how = f"{n} training images per part, equal shares of its labels, seed {seed}"
+        return dataclasses.replace(self, name=f"{self.name}@n{n}", train_idx=picked, parts=parts,
+                                   split_source=f"{self.split_source}; {how}")
+
     def with_shots(self, k: int, fold: int = 0) -> Task:
-        """This task as a ``k``-shot problem: ``k`` training images per class (the support set), drawn with the
-        seed ``fold``; the test side keeps the rest of the test images (support images never score).
+        """This task as a ``k``-shot problem: ``k`` training images per class (the support set), drawn as
+        BioCLIP draws fold ``fold`` (:func:`bioclip_support`); the test side keeps the rest of the test images
+        (support images never score).
 
         With ``train_idx == test_idx`` (every image in both, as in BioCLIP's few-shot protocol), the queries
         are every image outside the support set.
@@ -224,18 +305,20 @@ class Task:
         Every class with training images must have at least ``k`` of them, and a class whose test images are all
         training images too (the shared case above) at least ``k + 1`` of those, so that one stays a query;
         otherwise :class:`ConfigError` names the class that limits ``k`` and the largest ``k`` that works.
+        (BioCLIP accepts a class with exactly ``k`` images as a centroid without queries; no class of its suite
+        is that small for k <= 5 except every class of Birds 525's test split at k = 5, where BioCLIP's
+        ``few_shot.py`` is left with no query at all and cannot run either.)
         """
-        from lifebench.tasks.split import subsample_per_class
-
         if self.parts or self.leave_one_out or self.folds is not None or self.pool_train:
             raise ConfigError(f"task {self.name!r} has several parts, leave-one-out, folds or pooled clips; "
                               "--shots needs a task with one label per image")
-        train = np.asarray(self.train_idx)
-        support = train[subsample_per_class(self.examples.labels[train], k, fold)]
         self._check_shots(k)
+        train = np.asarray(self.train_idx)
+        support = np.sort(train[bioclip_support(self.examples.labels[train], k, fold)])
         test = np.setdiff1d(np.asarray(self.test_idx), support)
         return dataclasses.replace(self, name=f"{self.name}@{k}shot", train_idx=support, test_idx=test,
-                                   split_source=f"{k}-shot support per class, fold {fold}; queries: the other images")
+                                   split_source=f"{k}-shot support per class, BioCLIP's draw of fold {fold}; "
+                                                "queries: the other images")
 
     def _check_shots(self, k: int) -> None:
         """Raise :class:`ConfigError` unless every class can give ``k`` support images and keep a query."""
@@ -323,6 +406,39 @@ class Task:
             "split": self.split_source,
             "source": self.source,
         }
+
+
+def _stable(name: str) -> int:
+    """A number from a name that is the same in every process (``hash`` of a str is salted per process)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+BIOCLIP_FOLDS = 5
+"""Folds per shot count in BioCLIP's few-shot run (``eval_few_shot.sh``: ``--nfold 5 --kshot_list 1 5``)."""
+
+
+def bioclip_support(labels: np.ndarray, k: int, fold: int) -> np.ndarray:
+    """Positions of the ``k``-shot support set of fold ``fold`` in ``labels``, drawn exactly as BioCLIP draws it.
+
+    BioCLIP (Imageomics/bioclip @ 4ea3247, ``src/evaluation/few_shot.py``, ``split``) keeps, per class, the list
+    of its images in data order (classes in order of first appearance); each fold calls ``random.seed(fold)``
+    and then ``random.shuffle``s every class's list in that order, in place, and takes the first ``k`` of each.
+    Because the shuffles are in place and the lists are shared by all folds and shot counts of one run, fold
+    ``f`` of ``k`` shots sees the lists after every earlier shuffle of its run: BioCLIP's published run is
+    ``--kshot_list 1 5 --nfold 5``, so the draw for ``k > 1`` replays the five 1-shot folds (seeds 0-4) first,
+    then seeds ``0 .. fold``; ``k = 1`` replays seeds ``0 .. fold``. Python's ``random`` is used as BioCLIP uses
+    it, so equal data order gives the same support images.
+    """
+    order: dict[str, list[int]] = {}
+    for i, label in enumerate(np.asarray(labels).tolist()):
+        order.setdefault(label, []).append(i)
+    members = list(order.values())
+    seeds = (list(range(BIOCLIP_FOLDS)) if k > 1 else []) + list(range(fold + 1))
+    for seed in seeds:
+        rng = random.Random(seed)
+        for m in members:
+            rng.shuffle(m)
+    return np.array([i for m in members for i in m[:k]], dtype=np.int64)
 
 
 def _count(n: int, what: str) -> str:

@@ -1,153 +1,239 @@
-"""The built-in benchmark tasks: what each one is, and (where implemented) how to get and read it.
+"""The built-in benchmark tasks: one declarative :class:`TaskSpec` per task, registered by the module that reads it.
 
-Facts per task (source, counts, protocol, metric) follow the BioBench reference notes; see docs/tasks.md (the
-tree-of-life suite, BioCLIP's species tasks: docs/treeoflife.md).
-A task with a ``module`` is implemented: that module provides
+A task module under ``lifebench.tasks.{ecology,treeoflife,microscopy}`` declares ``SPEC = register(TaskSpec(...))``
+(or several specs, one per task it serves). The spec holds every fact the code reads about the task: where its
+files come from and their checksums (:class:`Source`), its default protocol and metric (registry names, checked
+against the protocol and metric registries), its evaluation kind (:data:`~lifebench.tasks.base.KINDS`), the
+upstream code and files it was checked against, and four functions:
 
 * ``load(root, **kw) -> Task``: read the data in its real on-disk layout under ``root``;
 * ``missing(root) -> str | None``: why the data under ``root`` is not usable yet (None when it is);
-* ``download(root, *, show_progress=True)``: fetch, verify and unpack into ``root``;
-* ``make_fixture(*, per_class=3, seed=0) -> dict[str, bytes]``: the task's archives by file name, tiny, in
-  the real layout (file names, folders, CSV columns), for tests served from a local HTTP server (a task whose
-  files hold absolute URLs, such as ecdysis, also takes ``base_url``).
+* ``fetch(spec, root, *, show_progress) -> Path``: fetch, verify and unpack the spec's sources into ``root``;
+* ``fixture(spec) -> dict[str, bytes]``: tiny files in the real layout (file names, folders, CSV columns), keyed
+  by their path under ``spec.base_url``, so one test serves any task from a local HTTP server
+  (:meth:`TaskSpec.mirrored`) and takes it from download to leaderboard.
+
+Adding a task is one module in one of those packages: it is found by :func:`specs` (a walk over the packages, as
+timm finds its model files), and third-party packages can add theirs through the ``lifebench.tasks`` entry-point
+group. Benchmarks that are class folders in archives need no code at all (:mod:`lifebench.tasks.classfolders`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
-from dataclasses import dataclass
+import logging
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 from lifebench.errors import UnknownNameError
 
-__all__ = ["CATALOG", "SUITES", "TaskInfo", "data_status", "get_info", "task_module"]
+__all__ = ["CATALOG", "SUITES", "Source", "TaskSpec", "data_status", "get_info", "register", "specs"]
+
+log = logging.getLogger(__name__)
+
+SUITE_ORDER = ("ecology", "reference", "tree-of-life", "microscopy")
+_PACKAGES = ("lifebench.tasks.ecology", "lifebench.tasks.treeoflife", "lifebench.tasks.microscopy")
+ENTRY_POINT_GROUP = "lifebench.tasks"
 
 
 @dataclass(frozen=True)
-class TaskInfo:
+class Source:
+    """One file a task downloads: its path under the spec's ``base_url`` and its published checksum.
+
+    With neither ``md5`` nor ``sha256`` the first download records the file's SHA-256 and every later use is
+    checked against it (trust on first use, :func:`lifebench.download.download`). ``top`` is the folder an
+    archive unpacks to as published; ``rename_to`` moves that folder once extraction finished (SYKE's plankton
+    zips unpack to dated folder names that become ``train/`` and ``val/``). ``unpack``: False for plain files.
+    """
+
+    path: str
+    md5: str | None = None
+    sha256: str | None = None
+    top: str | None = None
+    rename_to: str | None = None
+    unpack: bool = True
+
+    @property
+    def name(self) -> str:
+        """The file name it is saved under (``.downloads/<name>`` for archives)."""
+        from urllib.parse import unquote
+
+        return unquote(self.path.rsplit("/", 1)[-1].split("?")[0])
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything lifebench knows about one built-in task, as values (see the module docstring)."""
+
     name: str
     display: str
-    suite: str
+    suite: str | None
+    """One of :data:`SUITE_ORDER`; None for a registered variant that belongs to no suite (``plankton-openset``)."""
     modality: str
     kingdom: str
     protocol: str
+    """The default protocol: a name in :data:`lifebench.protocols.PROTOCOLS`."""
     metric: str
+    """The metric the benchmark reports: a name in :data:`lifebench.metrics.METRICS`."""
+    kind: str
+    """The evaluation kind of the loaded task (:data:`lifebench.tasks.base.KINDS`), checked when it loads."""
+    method: str
+    """One line: how the benchmark evaluates the task (what ``lifebench ls tasks`` prints)."""
     n_train: int | None
     n_test: int | None
     source: str
     license: str
     size: str
-    module: str | None = None
-    """Implementing module (``lifebench.tasks.<...>``); None while the task is only described."""
+    load: Callable[..., Any] = field(repr=False)
+    missing: Callable[[Path], str | None] = field(repr=False)
+    fetch: Callable[..., Path] = field(repr=False)
+    fixture: Callable[..., dict[str, bytes]] = field(repr=False)
+    base_url: str = ""
+    """Where the sources lie; empty: the task's own default, resolved when it downloads (a Hugging Face dataset
+    follows ``$HF_ENDPOINT``)."""
+    sources: tuple[Source, ...] = ()
+    upstream: tuple[str, ...] = ()
+    """The upstream code and files this task was checked against: ``owner/repo@commit path`` (docs/tasks.md)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments every call of ``load`` gets (a Meta-Album set's code, a μ-Bench question type)."""
+    folder: str = ""
+    """The data folder under the data root; default: the task's name. Tasks sharing one download share it."""
+    module: str = ""
+    """The module that registered the spec (filled in by :func:`register`)."""
 
     @property
-    def implemented(self) -> bool:
-        return self.module is not None
+    def data_folder(self) -> str:
+        return self.folder or self.name
+
+    def download(self, root: str | Path, *, show_progress: bool = True) -> Path:
+        """Fetch, verify and unpack this task's data into ``root``."""
+        return self.fetch(self, Path(root), show_progress=show_progress)
+
+    def mirrored(self, base_url: str, files: Mapping[str, bytes] | None = None) -> TaskSpec:
+        """This spec with its sources fetched from ``base_url`` instead (a local mirror of the same paths).
+
+        With ``files`` (the mirror's contents by path), each pinned checksum is replaced by that of the mirrored
+        file: how a test serves :meth:`fixture` files and still takes every download through verification.
+        """
+        sources = self.sources
+        if files is not None:
+            sources = tuple(dataclasses.replace(
+                s, md5=hashlib.md5(files[s.path]).hexdigest() if s.md5 else None,
+                sha256=hashlib.sha256(files[s.path]).hexdigest() if s.sha256 else None) for s in self.sources)
+        return dataclasses.replace(self, base_url=base_url.rstrip("/"), sources=sources)
+
+    def url(self, source: Source) -> str:
+        return f"{self.base_url}/{source.path}"
 
 
-CATALOG: dict[str, TaskInfo] = {
-    t.name: t
-    for t in [
-        TaskInfo("beluga", "Beluga ID", "ecology", "aerial photos (cropped)", "Animalia",
-           "leave-one-out kNN re-ID (k=5, cosine)", "macro_f1", 5902, 5902, "LILA Beluga ID 2022 (Wild Me COCO)",
-           "CDLA-Permissive-1.0 (LILA)", "about 590 MB", module="lifebench.tasks.ecology.beluga"),
-        TaskInfo("ecdysis", "Ecdysis", "ecology", "specimen photos", "Animalia", "logistic probe",
-           "macro_f1", None, None, "Ecdysis portal metadata CSV + per-image URLs", "see source", "not recorded",
-           module="lifebench.tasks.ecology.ecdysis"),
-        TaskInfo("fishnet", "FishNet", "ecology", "web photos", "Animalia", "9 binary traits, logistic probe each",
-           "trait_macro_f1 (mean of 9 two-class macro-F1)", 75631, 18901, "FishNet (Khan et al. 2023)",
-           "see the FishNet repository", "5.4 GB", module="lifebench.tasks.ecology.fishnet"),
-        TaskInfo("fungiclef", "FungiCLEF", "ecology", "in-situ photos", "Fungi",
-           "open-set SimpleShot + Mahalanobis, per observation", "fungiclef_score", 295938, 60832,
-           "Danish Fungi DF20/DF21 300px (FungiCLEF 2023 metadata)",
-           "BSD per the DF20 repository; non-commercial research use only", "about 9 GB",
-           module="lifebench.tasks.ecology.fungiclef"),
-        TaskInfo("herbarium19", "Herbarium 2019", "ecology", "specimen photos", "Plantae", "logistic probe",
-           "macro_f1", 34225, 2679, "NYBG Herbarium 2019 (FGVC6)", "see source", "41 GB",
-           module="lifebench.tasks.ecology.herbarium19"),
-        TaskInfo("iwildcam", "iWildCam (WILDS)", "ecology", "camera traps", "Animalia", "logistic probe",
-           "macro_f1", None, 42700, "WILDS iwildcam v2.0", "see source", "not recorded",
-           module="lifebench.tasks.ecology.iwildcam"),
-        TaskInfo("kabr", "KABR", "ecology", "drone video", "Animalia", "logistic probe on max-pooled frame embeddings",
-           "macro_f1", None, None, "Hugging Face imageomics/KABR", "see source", "not recorded",
-           module="lifebench.tasks.ecology.kabr"),
-        TaskInfo("mammalnet", "MammalNet", "ecology", "web video", "Animalia",
-           "logistic probe on max-pooled frame embeddings", "macro_f1", None, None, "MammalNet videos + annotations",
-           "see source", "not recorded", module="lifebench.tasks.ecology.mammalnet"),
-        TaskInfo("plankton", "Plankton (SYKE IFCB)", "ecology", "micrographs", "phytoplankton", "logistic probe",
-           "macro_f1", 63074, 151236, "SYKE-plankton IFCB 2022 (train) and Utö 2021 (test)", "see source",
-           "not recorded", module="lifebench.tasks.ecology.plankton"),
-        TaskInfo("plantnet", "Pl@ntNet-300K", "ecology", "in-situ photos", "Plantae", "logistic probe",
-           "macro_f1", 243916, 31118, "Zenodo record 5645731", "see source", "29.5 GB",
-           module="lifebench.tasks.ecology.plantnet"),
-        TaskInfo("newt", "NeWT", "reference", "in-situ photos", "Animalia/Plantae/Fungi",
-           "164 binary tasks, logistic probe each", "accuracy (pooled over tasks)", None, None, "NeWT 2021 (iNat)",
-           "see the NeWT repository (iNaturalist photos, CC licenses)", "4.1 GB", module="lifebench.tasks.ecology.newt"),
-        TaskInfo("inat21", "iNat21 (mini)", "reference", "in-situ photos", "all", "logistic probe",
-           "accuracy", 500000, 100000, "iNat 2021 competition (train_mini, val)", "see source", "50 GB",
-           module="lifebench.tasks.ecology.inat21"),
-        TaskInfo("imagenet1k", "ImageNet-1K", "reference", "web photos", "-", "logistic probe",
-           "accuracy", 1281167, 50000, "Hugging Face ILSVRC/imagenet-1k (gated; Parquet shards)",
-           "ImageNet terms of access: non-commercial research and education", "about 162 GB (train 155, val 6.7)",
-           module="lifebench.tasks.ecology.imagenet1k"),
-        TaskInfo("birds525", "Birds 525", "tree-of-life", "web photos", "Animalia",
-           "zero-shot (asis names); 1/5-shot", "accuracy", 2625, 2625,
-           "Kaggle gpiosenka/100-bird-species, test split (needs a Kaggle account)",
-           "as listed on the Kaggle page (not verified)", "not recorded", module="lifebench.tasks.treeoflife.birds525"),
-        *[TaskInfo(name, f"Meta-Album {display}", "tree-of-life", modality, kingdom,
-             "zero-shot (asis names); 1/5-shot", "accuracy", n, n, f"Meta-Album {code} (OpenML {did})",
-             "per set (Meta-Album fact sheet); not recorded", "not recorded",
-             module="lifebench.tasks.treeoflife.metaalbum")
-          for name, display, code, did, modality, kingdom, n in [
-              ("ma-plankton", "Plankton", "PLK_Mini", 44282, "micrographs", "plankton", 3440),
-              ("ma-insects", "Insects", "INS_Mini", 44306, "in-situ photos", "Animalia", 4160),
-              ("ma-insects2", "Insects 2", "INS_2_Mini", 44292, "web photos", "Animalia", 4080),
-              ("ma-plantnet", "PlantNet", "PLT_NET_Mini", 44293, "in-situ photos", "Plantae", 1000),
-              ("ma-fungi", "Fungi", "FNG_Mini", 44302, "in-situ photos", "Fungi", 1000),
-              ("ma-plantvillage", "PlantVillage", "PLT_VIL_Mini", 44286, "leaf photos (lab)", "Plantae", 1520),
-              ("ma-medleaf", "Medicinal Leaf", "MED_LF_Mini", 44299, "leaf photos", "Plantae", 1000),
-              ("ma-plantdoc", "PlantDoc", "PLT_DOC_Mini", 44303, "leaf photos (web)", "Plantae", 1080)]],
-        TaskInfo("rare-species", "Rare Species", "tree-of-life", "web photos (EOL)", "Animalia",
-           "zero-shot (taxon_com names); 1/5-shot", "accuracy", 12000, 12000, "Hugging Face imageomics/rare-species",
-           "CC0 compilation; each image CC0 to CC BY-NC-SA (metadata/licenses.csv)", "not recorded",
-           module="lifebench.tasks.treeoflife.rare_species"),
-        *[TaskInfo(f"ubench-{short}", f"μ-Bench {display}", "microscopy", "micrographs (light, fluorescence, electron)",
-             "cells and tissues", "multiple choice: zero-shot (option captions) or a generative VLM", "accuracy", 0, n,
-             "Hugging Face jnirschl/uBench, perception test split, revision 3f2c5b5 (7 Arrow shards)", "CC-BY-SA-4.0",
-             "3.57 GB, one download shared by the six ubench tasks", module="lifebench.tasks.microscopy.ubench")
-          for short, display, n in [("domain", "domain", None), ("subdomain", "subdomain", None),
-                                    ("modality", "modality", None), ("submodality", "submodality", None),
-                                    ("stain", "stain", None), ("fine", "fine-grained classification", 16130)]],
-    ]
-}
-
-SUITES: dict[str, list[str]] = {
-    "ecology": [n for n, t in CATALOG.items() if t.suite == "ecology"],
-    "reference": [n for n, t in CATALOG.items() if t.suite == "reference"],
-    "tree-of-life": [n for n, t in CATALOG.items() if t.suite == "tree-of-life"],
-    "microscopy": [n for n, t in CATALOG.items() if t.suite == "microscopy"],
-}
+_SPECS: dict[str, TaskSpec] = {}
+_discovered = False
 
 
-def get_info(name: str) -> TaskInfo:
+def register(*new: TaskSpec) -> TaskSpec:
+    """Register ``new`` specs (from the module that declares them); returns the first. A name taken by a
+    different spec is an error, never a silent overwrite."""
+    import inspect
+
+    caller = inspect.currentframe().f_back.f_globals.get("__name__", "")  # type: ignore[union-attr]
+    for spec in new:
+        spec = dataclasses.replace(spec, module=spec.module or caller)
+        if spec.suite is not None and spec.suite not in SUITE_ORDER:
+            raise ValueError(f"task {spec.name!r}: suite {spec.suite!r} is not one of {SUITE_ORDER}")
+        have = _SPECS.get(spec.name)
+        if have is not None and have.module != spec.module:
+            raise ValueError(f"task {spec.name!r} is registered twice: by {have.module} and {spec.module}")
+        _SPECS[spec.name] = spec
+    return _SPECS[new[0].name]
+
+
+def _discover() -> None:
+    """Import every module of the built-in task packages and of the ``lifebench.tasks`` entry points, once."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for package in _PACKAGES:
+        pkg = importlib.import_module(package)
+        for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package}.{info.name}")
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin must not break the built-in tasks
+            log.warning("task plugin %s (%s) did not load: %s", ep.name, ep.value, e)
+
+
+def specs() -> dict[str, TaskSpec]:
+    """Every registered task by name, suites in :data:`SUITE_ORDER`, each in registration order."""
+    _discover()
+    rank = {s: i for i, s in enumerate(SUITE_ORDER)}
+    ordered = sorted(_SPECS.values(), key=lambda s: rank.get(s.suite, len(rank)))  # stable: keeps module order
+    return {s.name: s for s in ordered}
+
+
+class _Catalog(Mapping[str, TaskSpec]):
+    """:func:`specs` as a read-only mapping that discovers the task modules on first use."""
+
+    def __getitem__(self, name: str) -> TaskSpec:
+        return specs()[name]
+
+    def __iter__(self):
+        return iter(specs())
+
+    def __len__(self) -> int:
+        return len(specs())
+
+
+class _Suites(Mapping[str, list[str]]):
+    """Suite name -> its task names, in :data:`SUITE_ORDER`."""
+
+    def _table(self) -> dict[str, list[str]]:
+        every = specs().values()
+        return {suite: [s.name for s in every if s.suite == suite] for suite in SUITE_ORDER}
+
+    def __getitem__(self, suite: str) -> list[str]:
+        return self._table()[suite]
+
+    def __iter__(self):
+        return iter(SUITE_ORDER)
+
+    def __len__(self) -> int:
+        return len(SUITE_ORDER)
+
+
+CATALOG: Mapping[str, TaskSpec] = _Catalog()
+SUITES: Mapping[str, list[str]] = _Suites()
+
+
+def get_info(name: str) -> TaskSpec:
     if name not in CATALOG:
-        raise UnknownNameError("benchmark task", name, CATALOG)
+        raise UnknownNameError("benchmark task", name, list(CATALOG))
     return CATALOG[name]
 
 
-def task_module(name: str) -> ModuleType | None:
-    info = get_info(name)
-    return importlib.import_module(info.module) if info.module else None
-
-
 def data_status(name: str, data_root: str | Path) -> tuple[Path, str | None]:
-    """``(root, None)`` when the task's data is usable under ``data_root/<name>``, else ``(root, why not)``."""
-    root = Path(data_root) / name
-    module = task_module(name)
-    if module is None:
-        return root, "not implemented in this version of lifebench"
-    why = module.missing(root)
+    """``(root, None)`` when the task's data is usable under ``data_root/<folder>``, else ``(root, why not)``."""
+    spec = get_info(name)
+    root = Path(data_root) / spec.data_folder
+    why = spec.missing(root)
     if why:
         return root, f"{why} (get it: lifebench download {name} --dir {data_root})"
     return root, None
+
+
+def via_base_url(download: Callable[..., Path]) -> Callable[..., Path]:
+    """A ``fetch`` for a module whose ``download(root, *, base_url, show_progress)`` builds its own URLs."""
+
+    def fetch(spec: TaskSpec, root: Path, *, show_progress: bool = True) -> Path:
+        return download(root, base_url=spec.base_url or None, show_progress=show_progress)
+
+    return fetch

@@ -24,6 +24,7 @@ path as written); examples are sorted by id, so reordering files or rows gives t
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import logging
 import os
@@ -39,7 +40,8 @@ from lifebench.tasks.base import Examples, Task
 from lifebench.tasks.split import make_split
 from lifebench.tasks.taxonomy import RANKS
 
-__all__ = ["COLUMN_ALIASES", "IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SIDECAR_EXTENSIONS", "load_task", "read_csv"]
+__all__ = ["COLUMN_ALIASES", "IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SIDECAR_EXTENSIONS", "TEST_ONLY_POLICIES",
+           "load_split_folders", "load_task", "read_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,57 @@ def load_task(
     return _build_task(rows, task_name, p, test_size, seed, remove_hint, n_folds)
 
 
+TEST_ONLY_POLICIES = ("error", "drop", "open-set")
+"""What :func:`load_split_folders` does with test images of a class that has no training images."""
+
+
+def load_split_folders(root: str | os.PathLike[str], train: str, test: str, *, name: str,
+                       test_only_classes: str = "error", skip_bad_images: bool = False) -> Task:
+    """A task from two named split folders of class folders under ``root`` (a benchmark's published layout).
+
+    Unlike :func:`load_task`, which guesses the split folders of a user's data, the folders are given: a
+    benchmark's extra folders (an unlabelled ``test/``, a third split) are never read. Ids are paths relative to
+    ``root``. ``test_only_classes`` says what happens to test images of a class without training images:
+    ``"error"`` (a :class:`DataError` naming the class), ``"drop"`` (left out, counted in the log and in the
+    task's ``split_source``) or ``"open-set"`` (kept under their own class names and the task marked
+    ``open_set``, as iWildCam's test-only species: a closed-set probe gets each of them wrong, and macro-F1 counts
+    their classes).
+    """
+    if test_only_classes not in TEST_ONLY_POLICIES:
+        raise ConfigError(f"test_only_classes={test_only_classes!r}; use one of {', '.join(TEST_ONLY_POLICIES)}")
+    root = Path(root).resolve()
+    rows = _Rows([], [], [], splits=[])
+    for split, rel in (("train", train), ("test", test)):
+        folder = root / rel
+        _no_loose_images(root, folder)
+        ids, paths, labels = _scan_classes(root, folder)
+        if not ids:
+            raise DataError(f"{folder} holds no images in class folders; the download is incomplete: delete "
+                            f"{root} and download it again")
+        rows.ids += ids
+        rows.paths += paths
+        rows.labels += labels
+        rows.splits += [split] * len(ids)
+    rows = _drop_empty_files(rows, skip_bad_images)
+    trained = {lab for lab, s in zip(rows.labels, rows.splits, strict=True) if s == "train"}
+    extra = Counter(lab for lab, s in zip(rows.labels, rows.splits, strict=True) if s == "test" and lab not in trained)
+    note = ""
+    if extra and test_only_classes == "drop":
+        keep = [i for i, lab in enumerate(rows.labels) if lab not in extra]
+        rows = _Rows(*([v[i] for i in keep] for v in (rows.ids, rows.paths, rows.labels)),
+                     splits=[rows.splits[i] for i in keep])
+        note = (f"; {sum(extra.values())} test images of {len(extra)} class(es) without training images left out "
+                f"({_few([f'{c} {n}' for c, n in extra.most_common()])})")
+        log.warning("%s: %s", name, note[2:])
+    elif extra and test_only_classes == "open-set":
+        note = (f"; {sum(extra.values())} test images of {len(extra)} class(es) without training images kept, "
+                f"scored as open set ({_few([f'{c} {n}' for c, n in extra.most_common()])})")
+        log.info("%s: %s", name, note[2:])
+    open_set = test_only_classes == "open-set"
+    task = _build_task(rows, name, root, 0.25, 0, "add images or remove the class folder", open_set=open_set)
+    return dataclasses.replace(task, split_source=f"given ({train}/ -> {test}/){note}", open_set=open_set)
+
+
 @dataclass
 class _Rows:
     """Parallel lists, one entry per image, before validation and splitting."""
@@ -166,9 +219,27 @@ def _loose_images(folder: Path) -> list[str]:
                   if c.is_file() and not _hidden(c.name) and c.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _holds_classes(folder: Path) -> bool:
+    return bool(_subdirs(folder))
+
+
+def _test_folder(root: Path, tops: dict[str, Path]) -> str | None:
+    """The key in ``tops`` of the test split: the first of test/, val/, validation/ that holds class folders.
+
+    A split folder of loose images is no labelled test split (BioBench's Herbarium 2019 download keeps the
+    competition's unlabelled ``test/`` beside ``validation/``), so it is passed over, with a warning.
+    """
+    present = [k for k in TEST_SPLIT_DIRS if k in tops]
+    labelled = [k for k in present if _holds_classes(tops[k])]
+    if labelled and labelled[0] != present[0]:
+        log.warning("%s: %s/ holds no class folders (unlabelled images?); using %s/ as the test split",
+                    root, tops[present[0]].name, tops[labelled[0]].name)
+    return labelled[0] if labelled else (present[0] if present else None)
+
+
 def _scan_folder(root: Path) -> _Rows:
     tops = {d.name.lower(): d for d in _subdirs(root)}
-    test_key = next((k for k in TEST_SPLIT_DIRS if k in tops), None)
+    test_key = _test_folder(root, tops)
     if "train" not in tops and test_key is None:
         _no_loose_images(root, root)
         ids, paths, labels = _scan_classes(root, root)
@@ -390,7 +461,7 @@ def _drop_empty_files(rows: _Rows, skip: bool) -> _Rows:
 
 
 def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: int, remove_hint: str,
-                n_folds: int | None = None) -> Task:
+                n_folds: int | None = None, open_set: bool = False) -> Task:
     if not rows.ids:
         raise DataError(f"no images found in {source}; expected <root>/<class>/<image>, or train/ and test/ "
                         "folders holding class folders, or a manifest with path and label columns")
@@ -420,7 +491,7 @@ def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: in
         splits = arr(rows.splits)
         train_idx = np.flatnonzero(splits == "train").astype(np.int64)
         test_idx = np.flatnonzero(splits == "test").astype(np.int64)
-        _check_given_split(source, labels, train_idx, test_idx, classes)
+        _check_given_split(source, labels, train_idx, test_idx, classes, open_set)
         split_source = "given" if rows.test_name == "test" else f"given ({rows.test_name} used as test)"
     else:
         train_idx, test_idx, _, split_source = make_split(labels, test_size=test_size, seed=seed,
@@ -451,13 +522,13 @@ def _per_class_taxonomy(source: Path, rows: _Rows, classes: tuple[str, ...]) -> 
 
 
 def _check_given_split(source: Path, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
-                       classes: tuple[str, ...]) -> None:
+                       classes: tuple[str, ...], open_set: bool = False) -> None:
     if len(test_idx) == 0:
         raise DataError(f"{source}: the given split has no test images; add test rows, or drop the split column "
                         "to let lifebench split")
     train_classes = set(labels[train_idx].tolist())
     unseen = sorted(set(labels[test_idx].tolist()) - train_classes)
-    if unseen:
+    if unseen and not open_set:
         close = difflib.get_close_matches(unseen[0], sorted(train_classes), n=1)
         hint = f" (train has {close[0]!r})" if close else ""
         which, it = (f"class {unseen[0]!r} appears", "it") if len(unseen) == 1 else \

@@ -22,6 +22,7 @@ __all__ = [
     "stratified_folds",
     "stratified_split",
     "subsample_per_class",
+    "subsample_shares",
     "subsample_total",
 ]
 
@@ -115,7 +116,7 @@ def _check_count(name: str, n: int) -> None:
         raise ConfigError(f"{name} {n!r} is not a positive whole number; give e.g. 5")
 
 
-def _class_permutations(labels: ArrayLike, seed: int) -> list[np.ndarray]:
+def _class_permutations(labels: ArrayLike, seed: int | Sequence[int]) -> list[np.ndarray]:
     """One seeded random permutation of the indices of each class, classes in sorted order."""
     rng = np.random.default_rng(seed)
     _, y = np.unique(np.asarray(labels), return_inverse=True)
@@ -200,3 +201,23 @@ def subsample_total(labels: ArrayLike, n: int, seed: int = 0) -> np.ndarray:
     quota[left] += 1
     picked = [p[:q] for p, q in zip(perms, quota, strict=True)]
     return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def subsample_shares(labels: ArrayLike, n: int, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """Pick ``n`` images as fixed equal shares of the ``k`` classes: ``n // k`` random images of each, one more
+    of each of the last ``n % k`` classes in sorted order; a class with fewer images than its share gives all
+    it has, and its shortfall is not passed on to the others.
+
+    This is BioBench's NeWT meaning of ``n_train`` (per task, ``n // 2`` images of label 0 and the rest of label
+    1, a label with fewer kept whole), unlike :func:`subsample_total`, which hands a shortfall and the remainder
+    to other classes. ``n`` below ``k`` would leave a class without images and raises :class:`ConfigError`.
+    Nested in ``n`` for one seed (each share only grows). Returns sorted ``int64`` indices into ``labels``.
+    """
+    _check_count("n", n)
+    perms = _class_permutations(labels, seed)
+    k = len(perms)
+    if n < k:
+        raise ConfigError(f"n {n} is smaller than the {k} classes, so a class would get no image; give at least {k}")
+    shares = [n // k + (c >= k - n % k) for c in range(k)]
+    picked = [p[:q] for p, q in zip(perms, shares, strict=True)]
+    return np.sort(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, dtype=np.int64)

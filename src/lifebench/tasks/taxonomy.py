@@ -24,13 +24,31 @@ from collections.abc import Callable, Mapping, Sequence
 
 from lifebench.errors import ConfigError, DataError
 
-__all__ = ["RANKS", "TEXT_TYPES", "class_text", "class_texts", "default_templates", "load_templates"]
+__all__ = ["RANKS", "TEXT_TYPES", "class_text", "class_texts", "default_templates", "load_templates", "rank_columns"]
 
 log = logging.getLogger(__name__)
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 TEXT_TYPES = ("asis", "sci", "com", "taxon", "sci_com", "taxon_com")
 Taxon = Mapping[str, str]
+
+
+def rank_columns(header: Sequence[str]) -> dict[str, str]:
+    """The column of ``header`` that holds each rank of :data:`RANKS` present (names as written, matched without
+    regard to case or padding).
+
+    Why not simply the rank's name: BioCLIP's own annotation CSVs (Imageomics/bioclip @ 4ea3247,
+    ``data/annotation/rare_species/metadata.csv``: ``,kingdom,phylum,cls,order,family,genus,species,common_name,
+    filepath,class``) call the taxonomic class ``cls`` (the field of its ``Taxon`` dataclass, since ``class`` is a
+    Python keyword) and use ``class`` for the label ("Cyclonaias tuberculata", the ``asis`` text). Where ``cls``
+    is present it is the rank and ``class`` is not; elsewhere (the Hub's Rare Species ``metadata.csv``) ``class``
+    is the rank. Reading ``class`` as the rank there would put the species into the taxonomic string.
+    """
+    by_lower = {h.strip().lower(): h for h in header}
+    out = {r: by_lower[r] for r in RANKS if r in by_lower}
+    if "cls" in by_lower:
+        out["class"] = by_lower["cls"]
+    return out
 
 
 def _sci(t: Taxon) -> str:

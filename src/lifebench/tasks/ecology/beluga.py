@@ -13,7 +13,9 @@
   ``images/train2022``); label = the ``name`` of the image's first annotation in file order (BioBench:
   ``meta[0]["name"]``). An image without annotations has no label and is left out, with a warning.
 * Split: none. Leave-one-out over all images: each image is a query against all the others
-  (``train_idx = test_idx = every image``, ``Task.leave_one_out``).
+  (``train_idx = test_idx = every image``, ``Task.leave_one_out``). ``--n-train`` is refused: there is no
+  training side to shrink, and a smaller gallery would change the task itself (BioBench ignores its
+  ``n_train`` for Beluga and always uses every image).
 * Protocol ``reid`` (:class:`lifebench.protocols.ReID`): majority vote of the 5 nearest other images, cosine
   distance by default (BioBench: raw Euclidean); metric macro-F1 over individuals, as BioBench reports. A
   singleton individual (one image) can never be predicted right and still counts in macro-F1, as in BioBench.
@@ -38,6 +40,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Examples, Task
+from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
 
 __all__ = ["ANNOTATIONS", "ARCHIVE", "IMAGES", "SHA256", "URL", "download", "load", "make_fixture", "missing"]
 
@@ -220,3 +223,14 @@ def make_fixture(*, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     return {ARCHIVE: out.getvalue()}
+
+
+SPEC = register(TaskSpec(
+    name="beluga", display="Beluga ID", suite="ecology", modality="aerial photos (cropped)", kingdom="Animalia",
+    protocol="reid", metric="macro_f1", kind="leave-one-out", method="leave-one-out kNN re-ID (k=5, cosine)",
+    n_train=5902, n_test=5902, source="LILA Beluga ID 2022 (Wild Me COCO)", license="CDLA-Permissive-1.0 (LILA)",
+    size="about 590 MB", load=load, missing=missing, fetch=via_base_url(download),
+    fixture=lambda spec, **kw: make_fixture(**kw), sources=(Source(ARCHIVE),),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/beluga/__init__.py, download.py",
+              "WildlifeDatasets/wildlife-datasets datasets_wildme.py (BelugaID)"),
+))

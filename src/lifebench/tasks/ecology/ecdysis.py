@@ -1,23 +1,36 @@
 """Ecdysis Foundation insects: pinned-specimen photos from the Ecdysis portal (bugbox.ecdysis.bio).
 
-Source: the portal's public collection export. Its download page (:data:`PAGE_URL`) links a ``.csv.zip``
-that holds ``metadata.csv``, one row per image, with the columns :data:`COLUMNS`; every row's ``public_url``
-is an image. Layout after download::
+Source: the portal's public collection export. Facts from the portal's own code (EcdysisFoundation/bugbox_open
+@ d66a8a4, ``bugbox3/samples/exports.py``, ``views_public.py``, ``templates/pages/collection_download.html``)
+and from BioBench (samuelstevens/biobench @ 6376d97, ``src/biobench/ecdysis/{__init__,download}.py``):
 
-    <root>/metadata.csv
+* The download page (:data:`PAGE_URL`) links, in this order, the "Reviewed Specimens" export, the "All
+  Specimens" export (AI identifications included) and a MetaFormer model zip. The reviewed export is the one
+  BioBench used (its first ``.csv.zip`` link). Its file name is ``public-reviewed-img-exp__1__<UTC time>.zip``
+  since December 2025 (``.csv.zip`` before), usually as a presigned S3 address with a query string; lifebench
+  picks it by that name, else the first link containing ``.csv.zip`` (the older page).
+* The zip holds one CSV (``public-reviewed-img-exp__1__<time>.csv`` today; BioBench met a member named ``zip``),
+  written by pandas with a UTF-8 byte-order mark, one row per image, columns :data:`COLUMNS` (BioBench listed 17:
+  the same without ``immature_stage``, added in January 2026). ``visit_date`` is a date (``YYYY-MM-DD``);
+  ``image_thumbnail_large`` is ``specimen_images/<name>_thumbnail_large.<ext>`` and ``public_url`` is the media
+  host + that path, so both end in the same file name.
+
+Layout after download::
+
+    <root>/metadata.csv                  the export's CSV, bytes unchanged
     <root>/images/<basename(image_thumbnail_large)>
     <root>/lifebench-images.json         size and SHA-256 of every fetched image
-    <root>/.downloads/<export>.csv.zip   the export, SHA-256 recorded on first download
+    <root>/.downloads/<export>.zip       the export, SHA-256 recorded on first download
 
 Label: ``"gbif_class|gbif_order|gbif_family|gbif_genus|gbif_species"``. Rows without
 ``image_thumbnail_large`` or ``public_url`` have no image and are left out (BioBench skipped the first kind).
 
-Split (BioBench's, made exact): within each label, rows sorted by ``visit_date`` (as text, which is date
-order for ISO dates; BioBench did the same) with ties broken by ``id`` (numerically for numeric ids), so the
-split does not depend on the CSV's row order; the earliest ``floor(0.8 n)`` rows are train and the rest test.
-For ``n >= 2`` this is BioBench's ``int(0.8 * n)`` and leaves at least one row on each side (n = 2, 3, 4, 5
-give 1/1, 2/1, 3/1, 4/1). A label with one row goes to train only; BioBench put it in test only, a class the
-probe never saw. Protocol: logistic probe; metric: macro-F1 over the labels present in test.
+Split (BioBench's, made independent of row order): within each label, rows sorted by ``visit_date`` (as text,
+which is date order for ISO dates; BioBench did the same) with ties broken by ``id`` (numerically for numeric
+ids); the earliest ``int(0.8 n)`` rows are train and the rest test. n = 1, 2, 3, 4, 5 give 0/1, 1/1, 2/1, 3/1,
+4/1: a label with one row is test only, as in BioBench, so every label has test rows and macro-F1 over the test
+labels equals BioBench's average over all label ids; such a class was never trained on and scores 0
+(``open_set``). Protocol: logistic probe; metric: macro-F1 over the labels present in test.
 
 Downloads: the export is fetched once (``metadata.csv`` present = no new export; delete it to refresh).
 Images are fetched by ``workers`` threads, each with retries and exponential backoff, written to
@@ -59,6 +72,7 @@ from lifebench.download import download as fetch_file
 from lifebench.errors import ConfigError, DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import Examples, Task
+from lifebench.tasks.catalog import Source, TaskSpec, register
 
 __all__ = ["COLUMNS", "MANIFEST", "PAGE_PATH", "PAGE_URL", "download", "load", "make_fixture", "missing",
            "temporal_split"]
@@ -69,7 +83,9 @@ PAGE_PATH = "/samples/collection-download/1"
 PAGE_URL = f"https://bugbox.ecdysis.bio{PAGE_PATH}"
 COLUMNS = ("id", "specimen_id", "image_thumbnail_large", "archival_identifier", "archival_stored", "visit_date",
            "country", "state_region", "county_region", "us_state_county_fips", "gbif_class", "gbif_order",
-           "gbif_family", "gbif_genus", "gbif_species", "reviewed", "public_url")
+           "gbif_family", "gbif_genus", "gbif_species", "immature_stage", "reviewed", "public_url")
+"""The export's columns in order (bugbox_open ``exports.py``); only ``_USED`` are read, so BioBench's 17 load too."""
+REVIEWED_EXPORT = "public-reviewed-img-exp"  # bugbox_open exports.py PUBLIC_IMAGES_EXPORT_TITLE
 _TAXA = ("gbif_class", "gbif_order", "gbif_family", "gbif_genus", "gbif_species")
 _USED = ("id", "image_thumbnail_large", "visit_date", *_TAXA, "public_url")
 MANIFEST = "lifebench-images.json"
@@ -130,7 +146,7 @@ def temporal_split(labels: list[str], dates: list[str], ids: list[str],
                    train_fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Per label, the earliest ``floor(train_fraction * n)`` rows (by date, then id) train, the rest test.
 
-    A label with one row goes to train. Returns sorted ``int64`` index arrays.
+    A label with one row goes to test, as in BioBench (``int(0.8 * 1) = 0``). Returns sorted ``int64`` arrays.
     """
     by_label: dict[str, list[int]] = {}
     for i, lab in enumerate(labels):
@@ -140,7 +156,7 @@ def temporal_split(labels: list[str], dates: list[str], ids: list[str],
         members.sort(key=lambda i: (dates[i], _id_key(ids[i])))
         n = len(members)
         # floor(0.8 n) is already in [1, n - 1] for n >= 2; the clamp keeps that for any fraction.
-        n_train = n if n == 1 else min(n - 1, max(1, int(np.floor(train_fraction * n + 1e-9))))
+        n_train = 0 if n == 1 else min(n - 1, max(1, int(np.floor(train_fraction * n + 1e-9))))
         train += members[:n_train]
         test += members[n_train:]
     return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(test, dtype=np.int64))
@@ -205,12 +221,14 @@ def load(root: Path, *, skip_bad_images: bool = False, test_size: float | None =
     train_idx, test_idx = temporal_split(labels, [r.date for r in rows], [r.id for r in rows])
     single = sorted(c for c, n in counts.items() if n == 1)
     if single:
-        log.info("ecdysis: %d label(s) have one image and are only trained on: %s", len(single), _few(single))
+        log.info("ecdysis: %d label(s) have one image, which is tested only (as in BioBench; it scores 0): %s",
+                 len(single), _few(single))
     return Task(name="ecdysis", examples=examples, train_idx=train_idx, test_idx=test_idx,
                 classes=tuple(sorted(counts)), metric="macro_f1", protocol="logreg", source=str(root.resolve()),
                 description="Ecdysis Foundation insect specimens; label class|order|family|genus|species",
-                split_source="temporal per label: rows sorted by visit_date (ties by id), earliest floor(80%) "
-                             "train, the rest test; 1-row labels train only")
+                split_source="temporal per label: rows sorted by visit_date (ties by id), earliest int(80%) "
+                             "train, the rest test; 1-row labels test only (BioBench)",
+                open_set=True)  # BioBench's split puts 1-row labels in test only: kept, scored as misses
 
 
 # ---------------------------------------------------------------- download
@@ -246,6 +264,15 @@ def _get(url: str, *, timeout: float, retries: int) -> bytes:
     raise AssertionError("unreachable")
 
 
+def _export_link(hrefs: list[str]) -> str | None:
+    """The reviewed export among the page's links: by its name (today's page), else the first ``.csv.zip``."""
+    for href in hrefs:
+        name = PurePosixPath(urlsplit(href).path).name
+        if name.startswith(REVIEWED_EXPORT) and name.endswith(".zip"):
+            return href
+    return next((h for h in hrefs if ".csv.zip" in h), None)
+
+
 def _csv_zip_url(page_url: str) -> str:
     try:
         html = _get(page_url, timeout=_TIMEOUT_S, retries=_RETRIES).decode("utf-8", errors="replace")
@@ -254,11 +281,12 @@ def _csv_zip_url(page_url: str) -> str:
                         "rerun") from None
     parser = _LinkParser()
     parser.feed(html)
-    for href in parser.hrefs:
-        if ".csv.zip" in href:
-            return urljoin(page_url, href)
-    raise DataError(f"no .csv.zip link on {page_url}; the page changed: report it, or save the export's "
-                    "metadata.csv yourself in the data folder and rerun")
+    href = _export_link(parser.hrefs)
+    if href is not None:
+        return urljoin(page_url, href)
+    raise DataError(f"no link to the reviewed export ({REVIEWED_EXPORT}__<n>__<time>.zip, or a .csv.zip) on "
+                    f"{page_url}; the page changed: report it, or save the export's CSV yourself as metadata.csv "
+                    "in the data folder and rerun")
 
 
 def _fetch_metadata(root: Path, page_url: str, show_progress: bool) -> None:
@@ -425,18 +453,24 @@ _SPECIES = (  # (class, order, family, genus, species), colour
     (("Arachnida", "Araneae", "Lycosidae", "Pardosa", "Pardosa milvina"), (60, 60, 60)),
 )
 _PLACES = (("Ohio", "Franklin", "39049"), ("South Dakota", "Brookings", "46011"), ("Iowa", "Story", "19169"))
-EXPORT_PATH = "/media/exports/ecdysis-collection-1.csv.zip"
+EXPORT_PATH = "/media/exports/public-reviewed-img-exp__1__2026-01-07_120000.zip"
+EXPORT_QUERY = "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600&X-Amz-Signature=0f1e"
+"""The fixture page links the export as a presigned S3 address (path + this query), as the portal does."""
+EXPORT_MEMBER = "public-reviewed-img-exp__1__2026-01-07_120000.csv"
 IMAGE_PATH = "/media/specimen_images"
 
 
 def make_fixture(*, base_url: str, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
-    """The files a local HTTP server must serve, by URL path: each is served at ``base_url + path``.
+    """The files a local HTTP server must serve, by URL path (with query): each at ``base_url + key``.
 
     Unlike other tasks' fixtures this one needs ``base_url``, because the export's ``public_url`` column holds
-    absolute image URLs. Holds the download page (:data:`PAGE_PATH`, linking the export), the ``.csv.zip``
-    export with ``metadata.csv`` (all :data:`COLUMNS`), and the images. Species ``i`` of :data:`_SPECIES` has
-    ``per_class + i`` rows, except the last, which has 1 (a label with one row); visit dates repeat (ties), and
-    the CSV rows are shuffled. Images are small class-coloured JPEGs.
+    absolute image URLs. In the portal's current form (bugbox_open exports.py): the download page
+    (:data:`PAGE_PATH`) linking the reviewed export, the all-specimens export and a model zip, in that order;
+    the reviewed ``.zip`` (:data:`EXPORT_PATH` + :data:`EXPORT_QUERY`) holding one CSV (:data:`EXPORT_MEMBER`,
+    with a UTF-8 byte-order mark, all :data:`COLUMNS`); and the images. Only the reviewed export is served, so
+    fetching another link fails. Species ``i`` of :data:`_SPECIES` has ``per_class + i`` rows, except the last,
+    which has 1 (a label with one row); visit dates repeat (ties), and the CSV rows are shuffled. Images are
+    small class-coloured JPEGs.
     """
     base_url = base_url.rstrip("/")
     rng = np.random.default_rng(seed)
@@ -450,7 +484,7 @@ def make_fixture(*, base_url: str, per_class: int = 3, seed: int = 0) -> dict[st
         for day in days:
             row_id = int(ids[k])
             k += 1
-            name = f"ECDYS_{row_id:08d}_large.jpg"
+            name = f"ECDYS_{row_id:08d}_thumbnail_large.jpg"
             arr = np.clip(rng.normal(colour, 25, (36, 48, 3)), 0, 255).astype(np.uint8)
             img = io.BytesIO()
             Image.fromarray(arr).save(img, format="JPEG", quality=90)
@@ -458,13 +492,13 @@ def make_fixture(*, base_url: str, per_class: int = 3, seed: int = 0) -> dict[st
             state, county, fips = _PLACES[int(rng.integers(len(_PLACES)))]
             visit = np.datetime64("2022-04-04") + np.timedelta64(int(day), "D")
             records.append({
-                "id": str(row_id), "specimen_id": f"ECD{row_id - 90_000:07d}",
-                "image_thumbnail_large": f"specimen_images/thumbnails/{name}",
-                "archival_identifier": f"ecdysis-archive/{row_id}.CR2", "archival_stored": "True",
+                "id": str(row_id), "specimen_id": str(row_id - 90_000),
+                "image_thumbnail_large": f"specimen_images/{name}",
+                "archival_identifier": f"ECDYS{row_id - 90_000:07d}", "archival_stored": "True",
                 "visit_date": str(visit), "country": "United States", "state_region": state,
                 "county_region": county, "us_state_county_fips": fips, "gbif_class": taxa[0],
                 "gbif_order": taxa[1], "gbif_family": taxa[2], "gbif_genus": taxa[3], "gbif_species": taxa[4],
-                "reviewed": "True" if rng.random() < 0.8 else "False",
+                "immature_stage": "False", "reviewed": "TRUE",
                 "public_url": f"{base_url}{IMAGE_PATH}/{name}",
             })
     text = io.StringIO()
@@ -473,13 +507,38 @@ def make_fixture(*, base_url: str, per_class: int = 3, seed: int = 0) -> dict[st
     writer.writerows([records[i] for i in rng.permutation(len(records))])
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("metadata.csv", text.getvalue())
-    out[EXPORT_PATH] = buf.getvalue()
+        z.writestr(EXPORT_MEMBER, text.getvalue().encode("utf-8-sig"))
+    out[EXPORT_PATH + EXPORT_QUERY] = buf.getvalue()
+    everything = EXPORT_PATH.replace(REVIEWED_EXPORT, "public-all-img-exp")
     out[PAGE_PATH] = (
-        "<!doctype html><html><head><title>Collection download | Ecdysis</title></head><body>"
+        "<!doctype html><html><head><title>Collection Download | BugBox</title></head><body>"
         '<nav><a href="/">Home</a> <a href="/samples/">Samples</a></nav>'
-        "<h1>Download collection</h1><p>The export lists every public specimen image.</p>"
-        f'<p><a class="btn" href="{base_url}{EXPORT_PATH}">Download CSV (.csv.zip)</a></p>'
-        '<p><a href="/static/terms.pdf">Terms of use</a></p></body></html>'
+        "<h2>Collection Download</h2><p>Images are provided as publically accessible links.</p>"
+        f'<p><a href="{base_url}{EXPORT_PATH}{EXPORT_QUERY}" class="btn btn-success">Reviewed Specimens</a></p>'
+        f'<p><a href="{base_url}{everything}{EXPORT_QUERY}" class="btn btn-warning">All Specimens</a></p>'
+        f'<p><a href="{base_url}/media/private_site_content/metaformer-version-3.zip{EXPORT_QUERY}" '
+        'class="btn btn-danger">MetaFormer Model</a></p></body></html>'
     ).encode()
     return out
+
+
+def _fixture(spec: TaskSpec, **kw) -> dict[str, bytes]:
+    """The fixture files by path under ``spec.base_url`` (the export's image URLs point there too)."""
+    base = spec.base_url or PAGE_URL[: -len(PAGE_PATH)]
+    return {path.lstrip("/"): data for path, data in make_fixture(base_url=base, **kw).items()}
+
+
+def _fetch(spec: TaskSpec, root: Path, *, show_progress: bool = True) -> Path:
+    return download(root, page_url=f"{spec.base_url}{PAGE_PATH}" if spec.base_url else None,
+                    show_progress=show_progress)
+
+
+SPEC = register(TaskSpec(
+    name="ecdysis", display="Ecdysis", suite="ecology", modality="specimen photos", kingdom="Animalia",
+    protocol="logreg", metric="macro_f1", kind="open-set", method="logistic probe, per-label temporal 80/20 split",
+    n_train=None, n_test=None, source="Ecdysis portal metadata CSV + per-image URLs", license="see source",
+    size="not recorded", load=load, missing=missing, fetch=_fetch, fixture=_fixture,
+    sources=(Source(PAGE_PATH.lstrip("/"), unpack=False),),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/ecdysis/__init__.py, download.py",
+              "EcdysisFoundation/bugbox_open@d66a8a4 bugbox3/samples/exports.py, views_public.py"),
+))

@@ -23,7 +23,8 @@
   returns (equal to BioBench's ``user_loss_score_normalized``).
 
 Labels are the class ids as strings (``"-1"`` for the unknown species). An observation whose class is not among
-the training classes counts as "unknown" truth.
+the training classes counts as "unknown" truth; "the training classes" are those of the whole DF20 training
+set, also under ``--n-train`` (a species left out of the subsample is still known, as in BioBench's score).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import UNKNOWN, Examples, Task
+from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
 from lifebench.tasks.fixtures import tar_bytes
 from lifebench.tasks.folder import read_csv
 
@@ -144,27 +146,33 @@ def _resolve(folder: Path, names: list[str], csv_path: Path, root: Path) -> list
 
 
 def user_loss_rows(y_true: np.ndarray, y_pred: np.ndarray, train_labels: Iterable[str], *,
-                   poisonous: Iterable[str]) -> dict[str, np.ndarray]:
+                   poisonous: Iterable[str], known: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Per test row (observation): FungiCLEF's ``cost`` and the ``worst`` cost it could have had.
 
     ``1 - sum(cost) / sum(worst)`` equals BioBench's ``user_loss_score_normalized``: ``cost`` is the
     classification error with unknown (10 for an unknown observation predicted as a known class, 0.1 for a known
     one predicted unknown, 1 for a wrong known class) plus the poisonous/edible confusion cost (100 for a
     poisonous species predicted edible, 1 for an edible one predicted poisonous); ``worst`` is 10 (truth unknown)
-    or 1, plus 100 (truth poisonous) or 1. The truth is unknown when its label is not among ``train_labels``; a
-    prediction is unknown when it is :data:`~lifebench.tasks.base.UNKNOWN`, and counts as edible.
+    or 1, plus 100 (truth poisonous) or 1. The truth is unknown when its label is not among ``known`` (default:
+    ``train_labels``); a prediction is unknown when it is :data:`~lifebench.tasks.base.UNKNOWN`, and counts as
+    edible.
+
+    :func:`load` binds ``known`` to the task's whole training class set, so that ``--n-train`` (which shows the
+    probe fewer species) does not turn a species the probe never saw into "unknown" truth: BioBench scores with
+    the metadata's class ids, where unknown is ``-1``, whatever its probe was trained on.
     """
     y_true = np.asarray(y_true, dtype=object).astype(str)
     y_pred = np.asarray(y_pred, dtype=object).astype(str)
-    known = np.isin(y_true, np.asarray(sorted(set(map(str, train_labels))), dtype=str))
+    classes = train_labels if known is None else known
+    is_known = np.isin(y_true, np.asarray(sorted(set(map(str, classes))), dtype=str))
     pred_unknown = y_pred == UNKNOWN
-    ce = np.where(~known, np.where(pred_unknown, 0.0, COST_UNKNOWN_AS_KNOWN),
+    ce = np.where(~is_known, np.where(pred_unknown, 0.0, COST_UNKNOWN_AS_KNOWN),
                   np.where(pred_unknown, COST_KNOWN_AS_UNKNOWN, np.where(y_pred != y_true, COST_WRONG_KNOWN, 0.0)))
     poison = np.asarray(sorted(set(map(str, poisonous))), dtype=str)
     true_p, pred_p = np.isin(y_true, poison), np.isin(y_pred, poison) & ~pred_unknown
     psc = np.where(true_p & ~pred_p, COST_POISONOUS_AS_EDIBLE, 0.0) + np.where(~true_p & pred_p,
                                                                                 COST_EDIBLE_AS_POISONOUS, 0.0)
-    worst = (np.where(known, 1.0, COST_UNKNOWN_AS_KNOWN)
+    worst = (np.where(is_known, 1.0, COST_UNKNOWN_AS_KNOWN)
              + np.where(true_p, COST_POISONOUS_AS_EDIBLE, COST_EDIBLE_AS_POISONOUS))
     return {"cost": ce + psc, "worst": worst}
 
@@ -230,7 +238,7 @@ def load(root: Path, **_: object) -> Task:
         pool_train=None,
         pool_test="mean",
         open_set=True,
-        row_extras=functools.partial(user_loss_rows, poisonous=poisonous),
+        row_extras=functools.partial(user_loss_rows, poisonous=poisonous, known=frozenset(train_classes)),
     )
 
 
@@ -285,3 +293,16 @@ def make_fixture(*, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
         VAL_CSV: _csv(METADATA_COLUMNS, val_rows),
         POISON_CSV: _csv(POISON_COLUMNS, sorted(_FIXTURE_POISONOUS.items())),
     }
+
+
+SPEC = register(TaskSpec(
+    name="fungiclef", display="FungiCLEF", suite="ecology", modality="in-situ photos", kingdom="Fungi",
+    protocol="openset", metric="fungiclef_score", kind="open-set",
+    method="open-set SimpleShot + Mahalanobis, per observation", n_train=295938, n_test=60832,
+    source="Danish Fungi DF20/DF21 300px (FungiCLEF 2023 metadata)",
+    license="BSD per the DF20 repository; non-commercial research use only", size="about 9 GB", load=load,
+    missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
+    sources=tuple(Source(name) for name in ARCHIVES),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/fungiclef/__init__.py, metrics.py",
+              "BohemianVRA/FGVC-Competitions@ecb583b FungiCLEF2023/evaluate.py"),
+))

@@ -72,6 +72,7 @@ from lifebench.download import CHECKSUMS_FILE, hf_download, hf_resolve_url
 from lifebench.errors import DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import Examples, Task
+from lifebench.tasks.catalog import TaskSpec, register, via_base_url
 
 __all__ = ["EXPECTED", "REPO", "REVISION", "SPLITS", "download", "hub_url", "load", "make_fixture", "missing",
            "shard_names", "wnid_of"]
@@ -340,3 +341,14 @@ def make_fixture(*, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
             pq.write_table(table, buf)
             out[f"data/{name}"] = buf.getvalue()
     return out
+
+
+SPEC = register(TaskSpec(
+    name="imagenet1k", display="ImageNet-1K", suite="reference", modality="web photos", kingdom="-",
+    protocol="logreg", metric="accuracy", kind="plain", method="logistic probe, train -> validation",
+    n_train=1281167, n_test=50000, source="Hugging Face ILSVRC/imagenet-1k (gated; Parquet shards)",
+    license="ImageNet terms of access: non-commercial research and education",
+    size="about 162 GB (train 155, val 6.7)", load=load, missing=missing, fetch=via_base_url(download),
+    fixture=lambda spec, **kw: make_fixture(**kw),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/imagenet1k/__init__.py", "Hugging Face ILSVRC/imagenet-1k imagenet-1k.py, classes.py"),
+))

@@ -43,6 +43,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import ConfigError, DataError
 from lifebench.tasks.base import Examples, Task
+from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
 from lifebench.tasks.fixtures import tar_bytes
 from lifebench.tasks.folder import read_csv
 
@@ -240,3 +241,14 @@ def make_fixture(*, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
     files = {RELEASE_FILE: b"v2.0 (lifebench test fixture)\n", "metadata.csv": meta.getvalue().encode(),
              "categories.csv": cats.getvalue().encode(), **{f"train/{k}": v for k, v in images.items()}}
     return {ARCHIVE: tar_bytes(files)}
+
+
+SPEC = register(TaskSpec(
+    name="iwildcam", display="iWildCam (WILDS)", suite="ecology", modality="camera traps", kingdom="Animalia",
+    protocol="logreg", metric="macro_f1", kind="open-set", method="logistic probe, WILDS train -> test (OOD)",
+    n_train=None, n_test=42700, source="WILDS iwildcam v2.0", license="see source", size="not recorded", load=load,
+    missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
+    sources=(Source(ARCHIVE),),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/iwildcam/__init__.py", "wilds 2.0.0 wilds/datasets/iwildcam_dataset.py",
+              "p-lambda/wilds@4726775 dataset_preprocessing/iwildcam/create_split.py"),
+))

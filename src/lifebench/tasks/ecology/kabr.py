@@ -49,6 +49,7 @@ from lifebench.download import HTTPStatusError, extract, file_digest, hf_headers
 from lifebench.download import download as fetch_file
 from lifebench.errors import DataError
 from lifebench.tasks.base import Task
+from lifebench.tasks.catalog import TaskSpec, register, via_base_url
 from lifebench.tasks.ecology import clip_task
 
 __all__ = ["ANIMALS", "ANNOTATION_FILES", "BASE_URL", "CSV_COLUMNS", "download", "load", "make_fixture", "missing",
@@ -362,3 +363,13 @@ def make_fixture(*, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
         for name, a, b in zip(names, cuts[:-1], cuts[1:], strict=True):
             out[name] = data[a:b]
     return out
+
+
+SPEC = register(TaskSpec(
+    name="kabr", display="KABR", suite="ecology", modality="drone video", kingdom="Animalia", protocol="logreg",
+    metric="macro_f1", kind="plain", method="logistic probe on max-pooled frame embeddings", n_train=None,
+    n_test=None, source="Hugging Face imageomics/KABR", license="see source", size="not recorded", load=load,
+    missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/kabr/__init__.py, download.py",
+                                 "Imageomics/kabr-tools@9477f98 src/kabr_tools/cvat2slowfast.py"),
+))

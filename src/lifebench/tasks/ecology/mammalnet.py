@@ -23,7 +23,9 @@ BioBench's MammalNet task and download script.
 Task: :func:`load` reads only ``annotation/`` and ``frames/`` (extracted frames need no video library). Clips
 whose frames folder is missing or holds fewer than 32 frames are skipped with a warning (as BioBench). Examples
 are the frames (id = path relative to ``root``), grouped by clip; the runner max-pools each clip's frame
-embeddings into one vector (``pool_train = pool_test = "max"``). Label = the behaviour. Protocol: logistic probe,
+embeddings into one vector (``pool_train = pool_test = "max"``). Label = the behaviour, the CSV's second
+column: MammalNet's own loader (Vision-CAIR/MammalNet@d4b2d59 ``animalnet_behavior_composition.py``) splits a row
+into ``path, label1, label`` and trains its behaviour head on ``label1``. Protocol: logistic probe,
 ``composition/train.csv`` -> ``composition/test.csv``; metric: macro-F1 over clips.
 """
 
@@ -49,6 +51,7 @@ from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import Task
+from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
 from lifebench.tasks.ecology import clip_task
 from lifebench.tasks.fixtures import tar_bytes
 
@@ -447,3 +450,14 @@ def fixture_frames(*, per_class: int = 3, seed: int = 0, n_frames: int = N_FRAME
             out[f"frames/{clip}/frame_{k:02d}.jpg"] = buf.getvalue()
     return out
 
+
+SPEC = register(TaskSpec(
+    name="mammalnet", display="MammalNet", suite="ecology", modality="web video", kingdom="Animalia",
+    protocol="logreg", metric="macro_f1", kind="plain", method="logistic probe on max-pooled frame embeddings",
+    n_train=None, n_test=None, source="MammalNet videos + annotations", license="see source",
+    size="not recorded", load=load, missing=missing, fetch=via_base_url(download),
+    fixture=lambda spec, **kw: make_fixture(**kw),
+    sources=tuple(Source(name) for name in ARCHIVES),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/mammalnet/__init__.py, download.py",
+              "Vision-CAIR/MammalNet@d4b2d59 detection/slowfast/datasets/animalnet_behavior_composition.py"),
+))

@@ -12,6 +12,9 @@ once. Protocol: one logistic probe per task (C chosen on a held-out part of that
 Metric: accuracy pooled over the test images of all tasks (BioBench's "micro" NeWT score), so its stored
 predictions are ids ``<task>/<image id>`` with labels "0"/"1". Neither archive has a published checksum:
 the SHA-256 is recorded on first download and checked on every later use.
+
+``--n-train N`` means what BioBench's ``n_train`` means for NeWT (``newt.sample``): per task, ``N // 2`` random
+training images of label 0 and ``N - N // 2`` of label 1, a label with fewer kept whole; test images unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Examples, Part, Task
+from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
 from lifebench.tasks.fixtures import jpeg, tar_bytes
 from lifebench.tasks.folder import read_csv
 
@@ -122,3 +126,15 @@ def make_fixture(*, tasks: int = 3, per_label: int = 4, seed: int = 0) -> dict[s
     w.writerow(COLUMNS)
     w.writerows(rows)
     return {ARCHIVES[0]: tar_bytes({CSV: text.getvalue().encode()}), ARCHIVES[1]: tar_bytes(images)}
+
+
+SPEC = register(TaskSpec(
+    name="newt", display="NeWT", suite="reference", modality="in-situ photos", kingdom="Animalia/Plantae/Fungi",
+    protocol="logreg", metric="accuracy", kind="parts", method="164 binary tasks, logistic probe each; accuracy "
+    "pooled over tasks", n_train=None, n_test=None, source="NeWT 2021 (iNat)",
+    license="see the NeWT repository (iNaturalist photos, CC licenses)", size="4.1 GB", load=load,
+    missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
+    sources=tuple(Source(name) for name in ARCHIVES),
+    upstream=("samuelstevens/biobench@6376d97 src/biobench/newt/__init__.py",
+              "visipedia/newt@e9f2618 README.md, benchmark/newt_task_clusters.csv"),
+))

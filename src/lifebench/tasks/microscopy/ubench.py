@@ -21,8 +21,8 @@ OLMo-style reimplementation). Not verified: the exact field types of the unread 
 like ``questions[q]``). The loader checks what it relies on and names the row when it does not hold.
 
 **Unpack.** Once downloaded, the image bytes of every row are written unchanged to
-``<data root>/ubench/perception/images/<image_id>.<png|jpg|tif>`` and the other columns it reads (one JSON object
-per image, questions and captions included) to ``perception/rows.jsonl``, through the staging folder
+``<data root>/ubench/perception/images/<dataset>/<image_id>.<png|jpg|tif>`` and the other columns it reads (one
+JSON object per row, questions and captions included) to ``perception/rows.jsonl``, through the staging folder
 ``.unpack-perception/`` (a marker per finished shard, so an interrupted unpack resumes), renamed into place when
 every shard is in. The six tasks share this one folder, ``<data root>/ubench``: ``lifebench download
 ubench-modality`` fetches it for all of them. The shards in ``.downloads/`` can be deleted afterwards.
@@ -34,13 +34,17 @@ six); the test split is the images asked that question (a null question is skipp
 the correct option's text, the classes the union of the options, and each example carries its
 :class:`~lifebench.tasks.base.Question` (text, options in order, one caption per option). There is no training
 split: protocol ``zero-shot`` (contrastive: the option whose caption is most similar to the image), or a
-generative model answering the lettered question; metric ``accuracy``. Example ids are the ``image_id``;
-``examples.groups`` holds the source dataset. As in the official tables, the two sets outside them (``opencell``,
+generative model answering the lettered question; metric ``accuracy``. Example ids are the ``image_id``, or
+``<dataset>/<image_id>`` for an ``image_id`` that more than one row carries: ``image_id`` is unique only within a
+source dataset (193 ids of the first shard appear in both ``burgess_et_al_2024_contour`` and
+``burgess_et_al_2024_texture``, each row asking its own dataset's question; as eVLLM evaluates each dataset on its
+own, both rows are kept). ``examples.groups`` holds the source dataset. As in the official tables, the two sets outside them (``opencell``,
 ``sirinukunwattana_et_al_2016``: :data:`EXCLUDED_DATASETS`) are left out.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import json
@@ -57,6 +61,7 @@ from lifebench.download import hf_download, hf_resolve_url
 from lifebench.errors import DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import UNKNOWN, Examples, Question, Task
+from lifebench.tasks.catalog import Source, TaskSpec, register
 
 __all__ = ["DATA_FOLDER", "EXCLUDED_DATASETS", "PATHOLOGY_DATASETS", "QUESTION_TYPES", "REPO", "REVISION", "SHARDS",
            "TASKS", "TAXONOMY_GROUPS", "data_folder", "download", "hub_url", "load", "make_fixture", "missing",
@@ -250,11 +255,12 @@ def _unpack(folder: Path, shards: list[Path], show_progress: bool) -> None:
         lines += (staging / f".rows-{shard.name}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     seen: dict[str, int] = {}
     for line in lines:
-        image_id = json.loads(line)["image_id"]
-        seen[image_id] = seen.get(image_id, 0) + 1
+        file = json.loads(line)["file"]  # <dataset>/<image_id>.<ext>: one per (dataset, image_id)
+        seen[file] = seen.get(file, 0) + 1
     if dup := sorted(i for i, n in seen.items() if n > 1):
-        raise DataError(f"ubench: image_id {', '.join(dup[:_SHOW])} appears in more than one row "
-                        f"({len(dup)} such ids); the shards are inconsistent: delete {folder} and rerun, or report it")
+        raise DataError(f"ubench: {', '.join(dup[:_SHOW])} is given by more than one row ({len(dup)} such images; "
+                        f"image_id repeats within a source dataset); the shards are inconsistent: delete {folder} "
+                        "and rerun, or report it")
     (staging / "rows.jsonl").write_text("".join(lines), encoding="utf-8")
     for shard in shards:
         (staging / f".rows-{shard.name}.jsonl").unlink()
@@ -279,8 +285,13 @@ def _unpack_shard(shard: Path, images: Path) -> list[str]:
             data = image.get("bytes")
             if not data:
                 raise DataError(f"ubench: {shard.name}: image {image_id} has no image bytes; report it upstream")
-            name = image_id + _suffix(data, image.get("path"))
+            dataset = dataset_name(row)
+            if not _SAFE_ID.fullmatch(dataset):
+                raise DataError(f"ubench: {shard.name}: image {image_id} has dataset {dataset!r}, which cannot name "
+                                "a folder; the dataset's layout changed, report it")
+            name = f"{dataset}/{image_id}{_suffix(data, image.get('path'))}"
             try:
+                (images / dataset).mkdir(exist_ok=True)
                 (images / name).write_bytes(data)
             except OSError as e:
                 raise DataError(f"ubench: cannot write {images / name} ({e.strerror}); fix that (free space, "
@@ -368,14 +379,15 @@ def load(root: Path, *, question: str | None = None, **_: object) -> Task:
         raise DataError(f"{name}: {why}; run: lifebench download {name} --dir {folder.parent}")
     where = str(_rows_file(folder))
     rows = sorted((r for r in read_rows(folder) if dataset_name(r) not in EXCLUDED_DATASETS),
-                  key=lambda r: r["image_id"])
+                  key=lambda r: (r["image_id"], dataset_name(r)))
+    shared = {i for i, n in collections.Counter(r["image_id"] for r in rows).items() if n > 1}
     if not rows:
         raise DataError(f"{name}: {where} lists no images; delete {folder / 'perception'} and rerun lifebench download")
     images = folder / "perception" / "images"
     ids, paths, labels, groups, questions, test = [], [], [], [], [], []
     for k, row in enumerate(rows):
         asked = _question(row, qtype, where)
-        ids.append(row["image_id"])
+        ids.append(f"{dataset_name(row)}/{row['image_id']}" if row["image_id"] in shared else row["image_id"])
         paths.append(str(images / row["file"]))
         groups.append(dataset_name(row))
         questions.append(asked[0] if asked else None)
@@ -505,3 +517,29 @@ def make_fixture(*, per_dataset: int = 3, seed: int = 0) -> dict[str, bytes]:
                 writer.write_table(table, max_chunksize=2)
         out[f"{CONFIG_DIR}/{name}"] = sink.getvalue()
     return out
+
+
+def _fetch(spec: TaskSpec, root: Path, *, show_progress: bool = True) -> Path:
+    return download(root, base_url=spec.base_url or None, show_progress=show_progress,
+                    checksums={source.name: source.sha256 for source in spec.sources if source.sha256})
+
+
+def _specs() -> list[TaskSpec]:
+    counts = {"classification": 16130}
+    names = {"classification": "fine-grained classification"}
+    return [TaskSpec(
+        name=task, display=f"μ-Bench {names.get(q, q)}", suite="microscopy",
+        modality="micrographs (light, fluorescence, electron)", kingdom="cells and tissues", protocol="zero-shot",
+        metric="accuracy", kind="multiple-choice",
+        method="multiple choice: zero-shot (option captions) or a generative VLM", n_train=0,
+        n_test=counts.get(q), source=f"Hugging Face {REPO}, perception test split, revision {REVISION[:7]} "
+        f"({len(SHARDS)} Arrow shards)", license="CC-BY-SA-4.0",
+        size="3.57 GB, one download shared by the six ubench tasks", load=load, missing=missing, fetch=_fetch,
+        fixture=lambda spec, **kw: make_fixture(**kw),
+        sources=tuple(Source(f"{CONFIG_DIR}/{name}", sha256=digest) for name, digest in SHARDS.items()),
+        options={"question": q}, folder=DATA_FOLDER,
+        upstream=("Ale9806/eVLLM@c6108d4", f"Hugging Face {REPO}@{REVISION[:7]} {CONFIG_DIR}"))
+        for task, q in TASKS.items()]
+
+
+register(*_specs())

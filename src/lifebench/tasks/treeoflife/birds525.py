@@ -44,6 +44,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Task
+from lifebench.tasks.catalog import TaskSpec, register, via_base_url
 from lifebench.tasks.folder import IMAGE_EXTENSIONS, read_csv
 from lifebench.tasks.treeoflife import every_image_task
 
@@ -201,3 +202,17 @@ def make_fixture(*, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
         z.writestr(CSV, table.getvalue())
         z.writestr(MODEL_FILE, b"\x89HDF\r\n\x1a\n" + bytes(56))
     return {ARCHIVE: buf.getvalue()}
+
+
+def _fixture(spec: TaskSpec, **kw) -> dict[str, bytes]:
+    return {f"datasets/download/{KAGGLE_REF}": make_fixture(**kw)[ARCHIVE]}
+
+
+SPEC = register(TaskSpec(
+    name="birds525", display="Birds 525", suite="tree-of-life", modality="web photos", kingdom="Animalia",
+    protocol="zero-shot", metric="accuracy", kind="plain", method="zero-shot (asis names); 1/5-shot",
+    n_train=2625, n_test=2625, source="Kaggle gpiosenka/100-bird-species, test split (needs a Kaggle account)",
+    license="as listed on the Kaggle page (not verified)", size="not recorded", load=load, missing=missing,
+    fetch=via_base_url(download), fixture=_fixture,
+    upstream=("Imageomics/bioclip@4ea3247 (evaluation data notes)",),
+))

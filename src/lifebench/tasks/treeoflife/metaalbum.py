@@ -48,6 +48,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Task
+from lifebench.tasks.catalog import Source, TaskSpec, register
 from lifebench.tasks.folder import read_csv
 from lifebench.tasks.treeoflife import every_image_task
 
@@ -215,17 +216,19 @@ def load(root: Path, *, dataset: str | None = None, **_: object) -> Task:
                     f"{n_classes} classes; class names as written in CATEGORY")
 
 
-# Class names in each set's style (taken from BioCLIP's annotation files where known); the fixture writes the
-# real file-name and extension conventions of each set.
+# Real class names of each set, as BioCLIP's annotation files (Imageomics/bioclip @ 4ea3247,
+# data/annotation/meta-album/<CODE>/metadata.csv) write them (tests/test_upstream_treeoflife.py checks they are);
+# the fixture writes the real file-name and extension conventions of each set.
 _FIXTURE: dict[str, tuple[tuple[str, ...], str, str]] = {
     "ma-plankton": (("Cylindrotheca", "Emiliania_huxleyi", "G_delicatula_detritus"), "IFCB5_2011_326_{i:05d}.png",
                     "PNG"),
-    "ma-insects": (("Les Hélophiles (Helophilus, Parhelophilus)", "Les Bourdons (Bombus)", "Les Syrphes ceinturés"),
+    "ma-insects": (("Les Hélophiles (Helophilus, Parhelophilus)", "Le Syrphe ceinturé (Episyrphus balteatus)",
+                    "Les Syrphes à l'aspect de bourdon (Merodon et autres)"),
                    "15392961{i:05d}.jpg", "JPEG"),
     "ma-insects2": (("aphids", "red spider", "rice leaf roller"), "{i}.jpg", "JPEG"),
     "ma-plantnet": (("Daucus_carota", "Fragaria_vesca", "Lavandula_angustifolia"), "1ec5fd7c8315abf{i:05d}.jpg",
                     "JPEG"),
-    "ma-fungi": (("Amanita fulva (Schaeff.) Fr.", "Amanita muscaria (L.) Lam.", "Boletus edulis Bull."),
+    "ma-fungi": (("Amanita fulva (Schaeff.) Fr.", "Amanita muscaria (L.) Lam., 1783", "Boletus edulis Bull."),
                  "2238577590-{i}.JPG", "JPEG"),
     "ma-plantvillage": (("Apple___Apple_scab", "Grape___healthy", "Tomato___Late_blight"), "{i}.jpg", "JPEG"),
     "ma-medleaf": (("Basella Alba (Basale)", "Jasminum (Jasmine)", "Piper Betle (Betel)"), "{i}.jpg", "JPEG"),
@@ -265,3 +268,28 @@ def make_fixture(*, dataset: str = "ma-plankton", per_class: int = 3, seed: int 
                 "super_category_column_name": "SUPER_CATEGORY"}
         z.writestr(f"{s.code}/info.json", json.dumps(info, indent=4))
     return {f"{s.code}.zip": buf.getvalue()}
+
+
+def _spec(s: MetaAlbumSet, modality: str, kingdom: str) -> TaskSpec:
+    path = archive_url(s, BASE_URL)[len(BASE_URL) + 1:]
+
+    def fetch(spec: TaskSpec, root: Path, *, show_progress: bool = True) -> Path:
+        return download(root, base_url=spec.base_url or None, show_progress=show_progress, dataset=s.task)
+
+    def fixture(spec: TaskSpec, **kw) -> dict[str, bytes]:
+        return {path: make_fixture(dataset=s.task, **kw)[f"{s.code}.zip"]}
+
+    return TaskSpec(
+        name=s.task, display=f"Meta-Album {s.display}", suite="tree-of-life", modality=modality, kingdom=kingdom,
+        protocol="zero-shot", metric="accuracy", kind="plain", method="zero-shot (asis names); 1/5-shot",
+        n_train=40 * s.n_classes, n_test=40 * s.n_classes, source=f"Meta-Album {s.code} (OpenML {s.openml_id})",
+        license="per set (Meta-Album fact sheet); not recorded", size="not recorded", load=load, missing=missing,
+        fetch=fetch, fixture=fixture, sources=(Source(path),), options={"dataset": s.task},
+        upstream=("Imageomics/bioclip@4ea3247 (Meta-Album annotation CSVs)", f"OpenML dataset {s.openml_id}"))
+
+
+_FACTS = {"ma-plankton": ("micrographs", "plankton"), "ma-insects": ("in-situ photos", "Animalia"),
+          "ma-insects2": ("web photos", "Animalia"), "ma-plantnet": ("in-situ photos", "Plantae"),
+          "ma-fungi": ("in-situ photos", "Fungi"), "ma-plantvillage": ("leaf photos (lab)", "Plantae"),
+          "ma-medleaf": ("leaf photos", "Plantae"), "ma-plantdoc": ("leaf photos (web)", "Plantae")}
+register(*(_spec(s, *_FACTS[name]) for name, s in SETS.items()))

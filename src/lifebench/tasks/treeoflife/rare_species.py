@@ -47,8 +47,9 @@ from lifebench.download import hf_headers
 from lifebench.errors import DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import Task
+from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
 from lifebench.tasks.folder import read_csv
-from lifebench.tasks.taxonomy import RANKS
+from lifebench.tasks.taxonomy import RANKS, rank_columns
 from lifebench.tasks.treeoflife import every_image_task, one_taxonomy_per_class
 
 __all__ = ["BASE_URL", "METADATA", "REPO", "download", "load", "make_fixture", "missing"]
@@ -61,10 +62,10 @@ BASE_URL = f"https://huggingface.co/datasets/{REPO}/resolve/{REVISION}"
 METADATA = "metadata.csv"
 WORKERS = 8
 _SHOW = 3
-# metadata.csv column -> taxonomy key; first match wins (the Hub file uses the first spelling of each).
+# metadata.csv column -> key; first match wins (the Hub file uses the first spelling of each, BioCLIP's annotation
+# CSV the second). The ranks' columns come from taxonomy.rank_columns (BioCLIP's `cls` vs `class`).
 _COLUMNS = {"file": ("file_name", "filepath", "file_path"), "sci": ("sciName", "sciname", "scientific_name"),
-            "common": ("common", "common_name"), "class": ("class", "cls"),
-            **{r: (r,) for r in RANKS if r != "class"}}
+            "common": ("common", "common_name")}
 
 
 def _read(meta: Path) -> list[dict[str, str]]:
@@ -74,10 +75,12 @@ def _read(meta: Path) -> list[dict[str, str]]:
     if not raw:
         raise DataError(f"{meta} lists no images; delete it and run: lifebench download rare-species")
     header = list(raw[0])
-    cols = {key: next((c for c in names if c in header), None) for key, names in _COLUMNS.items()}
+    ranks = rank_columns(header)
+    cols = {**{key: next((c for c in names if c in header), None) for key, names in _COLUMNS.items()},
+            **{r: ranks.get(r) for r in RANKS}}
     needed = [k for k in ("file", "genus", "species") if cols[k] is None]
     if needed:
-        raise DataError(f"{meta} has no {', '.join(_COLUMNS[k][0] for k in needed)} column (columns: "
+        raise DataError(f"{meta} has no {', '.join(_COLUMNS.get(k, (k,))[0] for k in needed)} column (columns: "
                         f"{', '.join(header) or 'none'}); delete it and run: lifebench download rare-species")
     rows, bad = [], []
     for line, r in enumerate(raw, start=2):
@@ -233,3 +236,15 @@ def make_fixture(*, per_class: int = 3, seed: int = 0) -> dict[str, bytes]:
             writer.writerow([rid, content_id, page, *ranks, f"{ranks[5]} {ranks[6]}", common, name])
     out[METADATA] = table.getvalue().encode("utf-8")
     return out
+
+
+SPEC = register(TaskSpec(
+    name="rare-species", display="Rare Species", suite="tree-of-life", modality="web photos (EOL)",
+    kingdom="Animalia", protocol="zero-shot", metric="accuracy", kind="plain",
+    method="zero-shot (taxon_com names); 1/5-shot", n_train=12000, n_test=12000,
+    source="Hugging Face imageomics/rare-species",
+    license="CC0 compilation; each image CC0 to CC BY-NC-SA (metadata/licenses.csv)", size="not recorded",
+    load=load, missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
+    sources=(Source(METADATA, unpack=False),),
+    upstream=("Imageomics/bioclip@4ea3247", "Imageomics/pybioclip@a96a21f", "imageomics/rare-species metadata.csv"),
+))
