@@ -16,7 +16,7 @@ import pytest
 from lifebench.cli import main
 from lifebench.metrics import METRICS
 from lifebench.protocols import PROTOCOLS
-from lifebench.tasks import CATALOG, SUITES, TASKS, resolve_task
+from lifebench.tasks import CATALOG, SUITES, TASKS, catalog, resolve_task
 from lifebench.tasks.base import KINDS
 from lifebench.tasks.catalog import SUITE_ORDER, data_status, get_info
 
@@ -78,3 +78,38 @@ def test_task_from_fixture_to_leaderboard(name, serve_task, tmp_path, monkeypatc
     cells = [c for c in board["cells"] if c["task"] == name]
     assert len(cells) == 1 and cells[0]["metric"] == spec.metric and cells[0]["backbone"] == model
     assert math.isfinite(cells[0]["point"]) and cells[0]["low"] <= cells[0]["point"] <= cells[0]["high"]
+
+
+NEW_TASK = '''
+from lifebench.tasks.catalog import Source, register
+from lifebench.tasks.classfolders import ClassFolders, spec
+
+SPEC = register(spec(
+    name="mytask", display="My task", suite="ecology", modality="in-situ photos", kingdom="Plantae",
+    protocol="logreg", metric="macro_f1", method="logistic probe, train/ -> val/", n_train=12, n_test=6,
+    source="a test", license="CC0", size="tiny", base_url="https://example.org/mytask",
+    sources=(Source("train.tar.gz", md5="0" * 32, top="train"), Source("val.tar.gz", md5="0" * 32, top="val")),
+    layout=ClassFolders(train=("train",), test=("val",), fixture_classes={"train": ("a", "b"), "test": ("a", "b")}),
+    upstream=("owner/repo@commit path/to/loader.py",),
+))
+'''
+
+
+def test_a_new_task_is_one_file(serve_task, tmp_path, monkeypatch, capsys):
+    """The docs' example of a new task (docs/tasks.md, "A task is one spec"): one module, nothing else."""
+    import importlib
+    import sys
+
+    monkeypatch.setattr(catalog, "_SPECS", dict(catalog._SPECS))  # the registration ends with the test
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "mytask.py").write_text(NEW_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("mypkg.mytask")
+    monkeypatch.delitem(sys.modules, "mypkg.mytask")
+    assert "mytask" in CATALOG and "mytask" in SUITES["ecology"]
+    serve_task("mytask")
+    data = tmp_path / "data"
+    assert main(["-q", "download", "mytask", "--dir", str(data)]) == 0
+    assert main(["-q", "run", "--suite", "ecology", "--data-root", str(data), "--model", "pixels", "--store",
+                 str(tmp_path / "s.sqlite"), "--workers", "0"]) == 0
+    assert "mytask (macro_f1, n=4)" in capsys.readouterr().out

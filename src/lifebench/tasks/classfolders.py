@@ -132,7 +132,10 @@ def _fixture(layout: ClassFolders):
         members: dict[str, list[tuple[str, bytes]]] = {s.path: [] for s in spec.sources}
         for split, folder in where:
             if (held := _holder(spec.sources, folder)) is None:
-                continue  # a folder no download brings (Herbarium's test/, fetched only by BioBench's script)
+                if folder in layout.ignored:
+                    continue  # a folder no download brings (Herbarium's test/, fetched only by BioBench's script)
+                raise ValueError(f"task {spec.name!r}: no source unpacks to {folder}/; give the archive that holds it "
+                                 f"its top folder, e.g. Source(..., top={folder.split('/')[0]!r})")
             source, inner = held
             for c in layout.fixture_classes.get(split, ()):
                 k = every.index(c)
