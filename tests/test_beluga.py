@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -208,7 +209,7 @@ def _coco(archive: bytes) -> dict:
 def served(http_server, archive, monkeypatch):
     url, handler = http_server
     handler.files[PATH] = archive
-    monkeypatch.setattr(beluga, "URL", url + PATH)
+    monkeypatch.setattr(beluga, "SPEC", beluga.SPEC.mirrored(url + PATH.rsplit("/", 1)[0]))
     return handler
 
 
@@ -263,17 +264,19 @@ def test_download_resumes_records_checksum_and_loads(served, archive, tmp_path):
 
 
 def test_corrupted_archive_is_rejected_and_nothing_extracted(served, archive, tmp_path, monkeypatch):
-    assert beluga.SHA256 is None  # LILA publishes none: the first download's SHA-256 is what later uses check
+    (source,) = beluga.SPEC.sources
+    assert source.sha256 is None and source.md5 is None  # LILA publishes none: the first download's SHA-256 counts
     bad = bytearray(archive)
     bad[200] ^= 0xFF
     served.files[PATH] = bytes(bad)
-    monkeypatch.setattr(beluga, "SHA256", hashlib.sha256(archive).hexdigest())  # as if it were known
+    known = dataclasses.replace(source, sha256=hashlib.sha256(archive).hexdigest())  # as if it were published
+    monkeypatch.setattr(beluga, "SPEC", dataclasses.replace(beluga.SPEC, sources=(known,)))
     root = tmp_path / "b"
     with pytest.raises(DataError, match="checksum mismatch for beluga.coco.tar.gz"):
         beluga.download(root, show_progress=False)
     assert not (root / "beluga.coco").exists() and not (root / ".downloads" / beluga.ARCHIVE).exists()
 
-    monkeypatch.setattr(beluga, "SHA256", None)  # trust on first use: a later corruption on disk is caught
+    monkeypatch.setattr(beluga, "SPEC", dataclasses.replace(beluga.SPEC, sources=(source,)))  # trust on first use
     served.files[PATH] = archive
     beluga.download(root, show_progress=False)
     path = root / ".downloads" / beluga.ARCHIVE

@@ -1,9 +1,10 @@
 """Every task in the catalog, from fixture to leaderboard: one test parametrized over `lifebench ls tasks`.
 
 Each spec makes tiny files in its real layout (:meth:`TaskSpec.fixture`); they are served by a local HTTP server
-under the spec's own paths, the spec is pointed there (:meth:`TaskSpec.mirrored`, which keeps every pinned
-checksum checked, now against the served files), and the task goes through `lifebench download`, load, embed, its
-default protocol, scoring and the leaderboard. A task added later is covered without a line here.
+under the spec's own paths, the spec is pointed there (:meth:`TaskSpec.mirrored`: a pinned checksum of a source is
+then checked against the served file, and files without one are recorded and checked on reuse), and the task goes
+through `lifebench download`, load, embed, its default protocol, scoring and the leaderboard. A task added later is
+covered without a line here.
 """
 
 from __future__ import annotations

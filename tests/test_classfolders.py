@@ -21,11 +21,12 @@ from PIL import Image
 from torchvision.datasets import ImageFolder, INaturalist
 from torchvision.datasets.inaturalist import DATASET_MD5, DATASET_URLS
 
+from lifebench import download
 from lifebench.cli import main
 from lifebench.download import CHECKSUMS_FILE
 from lifebench.errors import DataError
 from lifebench.images import load_rgb
-from lifebench.tasks import classfolders, load_task, resolve_task
+from lifebench.tasks import load_task, resolve_task
 from lifebench.tasks.catalog import data_status, get_info
 
 TRAIN_ZIP, VAL_ZIP = "phytoplankton_labeled.zip", "phytoplankton_Utö_2021_labeled.zip"
@@ -61,7 +62,7 @@ def test_plankton_download_resumes_renames_and_leaves_out_test_only_classes(serv
     assert data_status("plankton", tmp_path / "data")[1].startswith("no train/ folder")
     assert main(["-q", "download", "plankton", "--dir", str(tmp_path / "data")]) == 0
     assert (f"/plankton/{val.path}", f"bytes={cut}-") in handler.requests
-    assert sorted(p.name for p in root.iterdir()) == [".downloads", "train", "val"]  # staging folders are gone
+    assert sorted(p.name for p in root.iterdir()) == [".downloads", ".lifebench-download.lock", "train", "val"]  # no staging
     recorded = json.loads((root / ".downloads" / CHECKSUMS_FILE).read_text())
     assert recorded == {s.name: hashlib.sha256(files[s.path]).hexdigest() for s in spec.sources}
 
@@ -124,18 +125,18 @@ def test_plankton_first_download_is_recorded_and_a_corrupted_zip_is_rejected_on_
 
 def test_plankton_train_appears_only_after_extraction_and_a_killed_unpack_recovers(tmp_path, monkeypatch):
     root = tmp_path / "plankton"
-    top_folder = classfolders._top_folder
+    top_folder = download._top_folder
 
     def killed(*a, **k):
         raise KeyboardInterrupt  # the process dies after extraction, before the rename
 
-    monkeypatch.setattr(classfolders, "_top_folder", killed)
+    monkeypatch.setattr(download, "_top_folder", killed)
     with pytest.raises(KeyboardInterrupt):
         _placed("plankton", root)
     assert (root / ".unpack-train" / "labeled_20201020").is_dir() and not (root / "train").exists()
     spec = get_info("plankton")
     assert spec.missing(root) == f"no train/ folder in {root}"
-    monkeypatch.setattr(classfolders, "_top_folder", top_folder)
+    monkeypatch.setattr(download, "_top_folder", top_folder)
     spec.mirrored("http://127.0.0.1:9/unused").download(root, show_progress=False)  # zips are on disk
     assert spec.missing(root) is None and not (root / ".unpack-train").exists()
     assert len(resolve_task("plankton", data_root=tmp_path).train_idx) == 12
@@ -155,7 +156,7 @@ def test_plankton_zip_folder_with_a_mangled_name_still_becomes_val(tmp_path, cap
     (root / ".downloads").mkdir(parents=True)
     (root / ".downloads" / TRAIN_ZIP).write_bytes(files[spec.sources[0].path])
     (root / ".downloads" / VAL_ZIP).write_bytes(buf.getvalue())
-    with caplog.at_level(logging.WARNING, logger="lifebench.tasks.classfolders"):
+    with caplog.at_level(logging.WARNING, logger="lifebench.download"):
         spec.mirrored("http://127.0.0.1:9/unused").download(root, show_progress=False)
     assert f"unpacked to {mangled}/" in caplog.text
     assert len(resolve_task("plankton", data_root=tmp_path).test_idx) == 6
@@ -284,3 +285,23 @@ def test_suites_dry_run_then_run_on_all_fixtures(tmp_path, capsys):
     for line in ("herbarium19 (macro_f1, n=6)", "plankton (macro_f1, n=6)", "plantnet (macro_f1, n=6)",
                  "inat21 (accuracy, n=6)"):
         assert line in out
+
+
+def test_a_second_download_into_the_same_folder_waits_for_the_first(serve_task, tmp_path, caplog):
+    import fcntl
+    import threading
+
+    spec, _, _ = serve_task("plankton")
+    root = tmp_path / "plankton"
+    root.mkdir()
+    done = threading.Event()
+    with open(root / ".lifebench-download.lock", "a") as held:  # another process (plankton-openset, say) is unpacking
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with caplog.at_level(logging.WARNING, logger="lifebench.tasks.catalog"):
+            worker = threading.Thread(target=lambda: (spec.download(root, show_progress=False), done.set()))
+            worker.start()
+            assert not done.wait(1.0) and not (root / "train").exists()  # it waits instead of unpacking over it
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(30)
+    assert done.is_set() and spec.missing(root) is None
+    assert "another lifebench process is downloading into" in caplog.text

@@ -23,7 +23,7 @@ from lifebench.tasks import resolve_task
 from lifebench.tasks.catalog import data_status
 from lifebench.tasks.ecology import iwildcam
 
-PATH = f"/iwildcam/{iwildcam.ARCHIVE}"
+PATH = f"/iwildcam/{iwildcam.BLOB}"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def served(http_server, archive, monkeypatch):
     """The archive on the local server; ``URL`` points there (WILDS publishes no checksum: trust on first use)."""
     url, handler = http_server
     handler.files[PATH] = archive
-    monkeypatch.setattr(iwildcam, "URL", url + PATH)
+    monkeypatch.setattr(iwildcam, "SPEC", iwildcam.SPEC.mirrored(f"{url}/iwildcam"))
     return handler
 
 
@@ -105,7 +105,8 @@ def test_download_resumes_records_checksum_and_loads(served, archive, tmp_path):
 
 
 def test_corrupted_archive_is_rejected_on_reuse_then_fetched_again(served, archive, tmp_path):
-    assert iwildcam.MD5 is None  # WILDS publishes none, so the first download's SHA-256 is what is checked
+    (source,) = iwildcam.SPEC.sources
+    assert source.md5 is None and source.sha256 is None  # WILDS publishes none: the first download's SHA-256 counts
     root = tmp_path / "w"
     iwildcam.download(root, show_progress=False)
     path = root / ".downloads" / iwildcam.ARCHIVE
@@ -121,9 +122,10 @@ def test_corrupted_archive_is_rejected_on_reuse_then_fetched_again(served, archi
 
 def test_download_from_a_mirror_uses_the_archive_name(http_server, archive, tmp_path):
     url, handler = http_server
-    handler.files[f"/mirror/{iwildcam.ARCHIVE}"] = archive
+    handler.files[f"/mirror/{iwildcam.BLOB}"] = archive
     iwildcam.download(tmp_path / "w", base_url=f"{url}/mirror/", show_progress=False)
-    assert [p for p, _ in handler.requests] == [f"/mirror/{iwildcam.ARCHIVE}"]
+    assert [p for p, _ in handler.requests] == [f"/mirror/{iwildcam.BLOB}"]  # the same path on the mirror
+    assert (tmp_path / "w" / ".downloads" / iwildcam.ARCHIVE).is_file()  # saved under the name WILDS gives it
 
 
 def test_load_names_missing_images_files_and_bad_splits(archive, tmp_path):
@@ -197,7 +199,8 @@ def test_test_only_class_is_kept_and_counts_as_a_miss_in_macro_f1(archive, tmp_p
 def test_pins_the_wilds_url_and_size():
     wilds = pytest.importorskip("wilds.datasets.iwildcam_dataset", reason="the wilds package is optional")
     version = wilds.IWildCamDataset._versions_dict["2.0"]
-    assert (iwildcam.URL, iwildcam.COMPRESSED_SIZE) == (version["download_url"], version["compressed_size"])
+    source = iwildcam.SPEC.sources[0]
+    assert (iwildcam.SPEC.url(source), iwildcam.COMPRESSED_SIZE) == (version["download_url"], version["compressed_size"])
 
 
 def test_matches_the_wilds_loader_on_the_fixture(archive, tmp_path):

@@ -27,7 +27,7 @@ def served(http_server, monkeypatch):
         handler.files[f"/newt/{name}"] = data
     for name, data in archives["fishnet"].items():
         handler.files[f"/fishnet/{name}"] = data
-    monkeypatch.setattr(newt, "BASE_URL", f"{url}/newt")
+    monkeypatch.setattr(newt, "SPEC", newt.SPEC.mirrored(f"{url}/newt"))
     monkeypatch.setattr(fishnet, "ANNOTATIONS_URL", f"{url}/fishnet")
     monkeypatch.setattr(fishnet, "IMAGES_URL", f"{url}/fishnet/{fishnet.IMAGES_ZIP}")
     return url, handler, archives

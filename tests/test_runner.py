@@ -271,6 +271,7 @@ def test_no_lower_layer_imports_the_runner():
     import sys
 
     code = ("import sys, lifebench.vlm.run, lifebench.tasks, lifebench.protocols, lifebench.tasks.base; "
+            "list(lifebench.tasks.CATALOG); "  # discovery imports every task module
             "print(sorted(m for m in sys.modules if m.startswith(('lifebench.runner', 'lifebench.store'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -294,7 +294,7 @@ def test_contrastive_run_on_the_suite_matches_a_direct_computation(hub, tmp_path
 
 
 def test_model_kinds_follow_the_documented_mapping():
-    from lifebench.tasks.microscopy.report import model_kind
+    from lifebench.report.microscopy import model_kind
 
     assert model_kind("open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224") == "specialist"
     assert model_kind("hf-vlm:wisdomik/Quilt-Llava-v1.5-7b") == "specialist"
@@ -320,7 +320,7 @@ def test_microscopy_report_scores_slices_and_specialist_minus_generalist(hub, tm
         assert (out / name).is_file()
     assert len(list(out.glob("specialist-minus-generalist-*.png"))) == 1
 
-    from lifebench.tasks.microscopy.report import build
+    from lifebench.report.microscopy import build
 
     report = build(store_path, data_root, kinds={special: "specialist"})
     with Store(store_path) as store:

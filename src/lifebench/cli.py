@@ -832,7 +832,7 @@ COMMANDS["interpolate"] = cmd_interpolate
 
 
 def cmd_microscopy_report(args) -> int:
-    from lifebench.tasks.microscopy.report import build
+    from lifebench.report.microscopy import build
 
     _check_resamples(args.resamples)
     store_path = args.store or default_store()

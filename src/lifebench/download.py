@@ -24,6 +24,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
@@ -33,8 +34,8 @@ from pathlib import Path
 from lifebench.errors import DataError
 from lifebench.progress import progress
 
-__all__ = ["CHECKSUMS_FILE", "HTTPStatusError", "download", "extract", "file_digest", "hf_download", "hf_headers",
-           "hf_resolve_url"]
+__all__ = ["CHECKSUMS_FILE", "HTTPStatusError", "download", "extract", "extract_renamed", "file_digest", "hf_download",
+           "hf_headers", "hf_resolve_url"]
 
 log = logging.getLogger(__name__)
 
@@ -259,3 +260,33 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
         raise DataError(f"cannot extract {archive.name}: {e}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def extract_renamed(archive: str | os.PathLike, dest: str | os.PathLike, top: str, rename_to: str) -> Path:
+    """Extract ``archive`` into a staging folder of ``dest``, then rename its top folder ``top`` to
+    ``dest/rename_to``: the target appears only complete (SYKE's plankton zips unpack to dated folders that become
+    ``train/`` and ``val/``). Idempotent: an existing target is kept."""
+    archive, dest = Path(archive), Path(dest)
+    target, staging = dest / rename_to, dest / f".unpack-{rename_to}"
+    if target.is_dir():
+        shutil.rmtree(staging, ignore_errors=True)  # left over if a run died after the rename
+        return target
+    entries = extract(archive, staging)
+    os.replace(_top_folder(entries, top, archive.name, rename_to), target)
+    shutil.rmtree(staging)
+    return target
+
+
+def _top_folder(entries: list[Path], folder: str, archive: str, rename_to: str) -> Path:
+    """The archive's top folder ``folder``, compared in Unicode NFC (a zip may store ``ö`` decomposed, or in a
+    legacy code page when its UTF-8 flag is missing); else its only top folder, with a warning."""
+    dirs = [e for e in entries if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"]
+    for d in dirs:
+        if unicodedata.normalize("NFC", d.name) == unicodedata.normalize("NFC", folder):
+            return d
+    if len(dirs) == 1:
+        log.warning("%s unpacked to %s/, not %s/; using it", archive, dirs[0].name, folder)
+        return dirs[0]
+    found = ", ".join(sorted(e.name for e in entries)) or "nothing"
+    raise DataError(f"{archive} did not unpack to one {folder}/ folder (found: {found}); the archive changed "
+                    f"upstream: report it, or unpack it yourself into {rename_to}/")

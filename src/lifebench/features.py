@@ -66,6 +66,8 @@ class Embeddings:
     errors: dict[str, str] = field(default_factory=dict)
     """example id -> why its image could not be decoded."""
     key: str = ""
+    decode: str = ""
+    """The data path the pixels came from (:func:`lifebench.datapath.decode_identity`), e.g. ``pil-draft``."""
     from_cache: bool = False
     n_encoded: int = 0
     """Images that went through the model in this call (0 on a full cache hit)."""
@@ -348,7 +350,7 @@ def embed(
     if err_map:
         log.warning("%d of %d images could not be read and are left out (first: %s: %s)", len(err_map), n,
                     *next(iter(err_map.items())))
-    return Embeddings(ids=examples.ids, vectors=vectors, ok=ok, errors=err_map, key=key,
+    return Embeddings(ids=examples.ids, vectors=vectors, ok=ok, errors=err_map, key=key, decode=decode_id,
                       from_cache=n_encoded == 0, n_encoded=n_encoded, seconds=time.perf_counter() - t0)
 
 

@@ -27,6 +27,8 @@ RESULT_FORMAT = 2
 """Bump when a change to lifebench changes predictions for the same inputs, so old results are redone."""
 
 SETTING_DEFAULTS: dict[str, Any] = {"decode": "lifebench", "answer_scoring": "strict"}
+_DECODE_NAMES = {"auto": "lifebench", "pil": "full"}
+"""Data-path names of the user-facing decodings (:data:`lifebench.datapath.DECODINGS`): one name, one hash."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,10 @@ def expand(
                 variants[key] = None
         return variants[key]
 
+    run_settings = dict(settings or {})
+    if "decode" in run_settings:
+        run_settings["decode"] = _DECODE_NAMES.get(run_settings["decode"], run_settings["decode"])
+    run_settings = tuple(sorted(run_settings.items()))
     jobs = []
     for b, t, s, n in itertools.product(backbones, tasks, seeds or [0], shots or n_train or [None]):
         task = variant(t, n, s)
@@ -166,7 +172,7 @@ def expand(
         for p in protocols or [t.protocol]:
             own = tuple(sorted({**dict(items), **(protocol_params or {}).get(p, {})}.items()))
             jobs.append(Job(task=task, backbone=b, protocol=p, params=own, seed=s, task_name=task.name,
-                            settings=tuple(sorted((settings or {}).items()))))
+                            settings=run_settings))
     if skipped is not None:
         skipped.extend(unfit.items())
     return jobs

@@ -484,7 +484,8 @@ def _write(run: _JobRun, records: list[dict], store: Store, first_use: bool, pro
         info = {"parts": {str(r["part"][0]): r["info"] for r in records}}
     else:
         info = {"folds": infos}
-    features = {} if emb is None else {"embedding_key": emb.key, "embedding_dim": int(emb.vectors.shape[1])}
+    features = {} if emb is None else {"embedding_key": emb.key, "embedding_dim": int(emb.vectors.shape[1]),
+                                       "decode": emb.decode}  # the data path: "lifebench" is device-dependent
     exp = Experiment(
         id=None,
         config_hash=job.config_hash,

@@ -46,7 +46,7 @@ SWEEP_KEYS: dict[str, tuple[str, str]] = {
     "loader_workers": ("--workers", "value"), "test_size": ("--test-size", "value"), "folds": ("--folds", "value"),
     "split_seed": ("--split-seed", "value"), "resamples": ("--resamples", "value"),
     "skip_bad_images": ("--skip-bad-images", "flag"), "force": ("--force", "flag"),
-    "decode": ("--decode", "value"),
+    "decode": ("--decode", "value"), "answer_scoring": ("--answer-scoring", "value"),
 }
 EXECUTOR_KEYS = ("kind", "processes", "slurm")
 SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "folder",

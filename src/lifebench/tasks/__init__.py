@@ -59,7 +59,8 @@ def load_benchmark(name: str, *, data_root: str | os.PathLike[str] | None = None
     spec = get_info(name)
     task = spec.load(Path(data_root or data_dir()) / spec.data_folder, **{**spec.options, **kw})
     if task.kind != spec.kind:
-        raise AssertionError(f"task {name!r} loaded as kind {task.kind!r}; its spec says {spec.kind!r}")
+        raise DataError(f"task {name!r} loaded as a {task.kind!r} task but its spec ({spec.module}) says {spec.kind!r}; "
+                        "the task module is inconsistent: report it")
     return dataclasses.replace(task, metric=spec.metric, protocol=spec.protocol)
 
 

@@ -26,13 +26,16 @@ import importlib
 import logging
 import pkgutil
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lifebench.errors import UnknownNameError
+from lifebench.tasks.base import KINDS
 
-__all__ = ["CATALOG", "SUITES", "Source", "TaskSpec", "data_status", "get_info", "register", "specs"]
+__all__ = ["CATALOG", "SUITES", "Source", "TaskSpec", "data_status", "fetch_sources", "get_info", "register", "specs",
+           "via_base_url"]
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,17 @@ class Source:
     top: str | None = None
     rename_to: str | None = None
     unpack: bool = True
+    into: str = ""
+    """The folder under the data folder an archive unpacks into (iWildCam: ``iwildcam_v2.0``)."""
+    save_as: str = ""
+    """The local file name when the URL does not end in it (a CodaLab bundle's ``.../contents/blob/``)."""
 
     @property
     def name(self) -> str:
-        """The file name it is saved under (``.downloads/<name>`` for archives)."""
+        """The file name it is saved under: ``.downloads/<name>`` for archives, ``<name>`` for plain files."""
         from urllib.parse import unquote
 
-        return unquote(self.path.rsplit("/", 1)[-1].split("?")[0])
+        return self.save_as or unquote(self.path.rsplit("/", 1)[-1].split("?")[0])
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,12 @@ class TaskSpec:
     fetch: Callable[..., Path] = field(repr=False)
     fixture: Callable[..., dict[str, bytes]] = field(repr=False)
     base_url: str = ""
-    """Where the sources lie; empty: the task's own default, resolved when it downloads (a Hugging Face dataset
-    follows ``$HF_ENDPOINT``)."""
+    """Where the sources lie; empty for a task whose own download builds its URLs (resolved when it downloads: a
+    Hugging Face dataset follows ``$HF_ENDPOINT``)."""
     sources: tuple[Source, ...] = ()
+    """The files :func:`fetch_sources` fetches, with their checksums. Empty for a task whose download needs more
+    than a list of files (a web page to read, an API, per-image URLs, split parts with their own MD5 files, Hub
+    shards behind a token); its module's ``download`` then holds its URLs and trusts each file on first use."""
     upstream: tuple[str, ...] = ()
     """The upstream code and files this task was checked against: ``owner/repo@commit path`` (docs/tasks.md)."""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -111,8 +121,12 @@ class TaskSpec:
         return self.folder or self.name
 
     def download(self, root: str | Path, *, show_progress: bool = True) -> Path:
-        """Fetch, verify and unpack this task's data into ``root``."""
-        return self.fetch(self, Path(root), show_progress=show_progress)
+        """Fetch, verify and unpack this task's data into ``root``, one process at a time per folder (tasks that
+        share a folder, such as the six μ-Bench tasks, would otherwise unpack over each other)."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        with _exclusive(root / ".lifebench-download.lock", root):
+            return self.fetch(self, root, show_progress=show_progress)
 
     def mirrored(self, base_url: str, files: Mapping[str, bytes] | None = None) -> TaskSpec:
         """This spec with its sources fetched from ``base_url`` instead (a local mirror of the same paths).
@@ -131,6 +145,24 @@ class TaskSpec:
         return f"{self.base_url}/{source.path}"
 
 
+@contextmanager
+def _exclusive(lock: Path, root: Path):
+    """Hold an exclusive lock on ``lock`` (``flock``: the system drops it when its process dies, so a killed
+    download never blocks the rerun); waits, saying so, while another process holds it."""
+    import fcntl
+
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another lifebench process is downloading into %s; waiting for it to finish", root)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 _SPECS: dict[str, TaskSpec] = {}
 _discovered = False
 
@@ -145,6 +177,8 @@ def register(*new: TaskSpec) -> TaskSpec:
         spec = dataclasses.replace(spec, module=spec.module or caller)
         if spec.suite is not None and spec.suite not in SUITE_ORDER:
             raise ValueError(f"task {spec.name!r}: suite {spec.suite!r} is not one of {SUITE_ORDER}")
+        if spec.kind not in KINDS:
+            raise ValueError(f"task {spec.name!r}: kind {spec.kind!r} is not one of {KINDS}")
         have = _SPECS.get(spec.name)
         if have is not None and have.module != spec.module:
             raise ValueError(f"task {spec.name!r} is registered twice: by {have.module} and {spec.module}")
@@ -228,6 +262,23 @@ def data_status(name: str, data_root: str | Path) -> tuple[Path, str | None]:
     if why:
         return root, f"{why} (get it: lifebench download {name} --dir {data_root})"
     return root, None
+
+
+def fetch_sources(spec: TaskSpec, root: Path, *, show_progress: bool = True) -> Path:
+    """The ``fetch`` of a task whose download is its list of sources: each file fetched (resumable) and verified
+    against its checksum (or the one recorded on first download), archives unpacked into ``root/<into>`` through a
+    staging folder (their top folder renamed to ``rename_to`` where the source says so), plain files saved as
+    ``root/<name>``. Idempotent: verified files are not fetched again."""
+    from lifebench.download import download, extract, extract_renamed
+
+    for source in spec.sources:
+        dest = root / ".downloads" / source.name if source.unpack else root / source.name
+        path = download(spec.url(source), dest, md5=source.md5, sha256=source.sha256, show_progress=show_progress)
+        if source.rename_to:
+            extract_renamed(path, root / source.into, source.top or "", source.rename_to)
+        elif source.unpack:
+            extract(path, root / source.into)
+    return root
 
 
 def via_base_url(download: Callable[..., Path]) -> Callable[..., Path]:

@@ -5,8 +5,8 @@ checksums, which folder each unpacks to, and which two folders of class folders 
 :func:`spec` turns those values into a :class:`~lifebench.tasks.catalog.TaskSpec` whose four functions are the
 ones below, shared by every such task:
 
-* fetch: download each :class:`~lifebench.tasks.catalog.Source` (resumable, verified), unpack it in a staging
-  folder and, where the spec says ``rename_to``, move its top folder there only when extraction finished;
+* fetch: :func:`~lifebench.tasks.catalog.fetch_sources` (each source resumable and verified, unpacked through a
+  staging folder and, where the spec says ``rename_to``, its top folder moved there only when extraction finished);
 * missing / load: the first existing candidate of each split folder, read by
   :func:`~lifebench.tasks.folder.load_split_folders` (so a benchmark's other folders, such as BioBench's
   unlabelled ``test/`` of Herbarium 2019 or Pl@ntNet's ``test`` split, are never read);
@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import shutil
 import tarfile
-import unicodedata
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,11 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lifebench.download import download as fetch_file
-from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Task
-from lifebench.tasks.catalog import Source, TaskSpec
+from lifebench.tasks.catalog import Source, TaskSpec, fetch_sources
 from lifebench.tasks.folder import load_split_folders
 
 __all__ = ["ClassFolders", "spec"]
@@ -83,43 +78,6 @@ def _load(name: str, layout: ClassFolders):
                                   test_only_classes=test_only_classes or layout.test_only_classes)
 
     return load
-
-
-def _fetch(spec: TaskSpec, root: Path, *, show_progress: bool = True) -> Path:
-    for source in spec.sources:
-        archive = fetch_file(spec.url(source), root / ".downloads" / source.name, md5=source.md5,
-                             sha256=source.sha256, show_progress=show_progress)
-        if source.rename_to is None:
-            extract(archive, root)
-        else:
-            _unpack_renamed(archive, root, source)
-    return root
-
-
-def _unpack_renamed(archive: Path, root: Path, source: Source) -> None:
-    """Unpack ``archive`` into a staging folder, then rename its top folder to ``root/source.rename_to``."""
-    target, staging = root / source.rename_to, root / f".unpack-{source.rename_to}"
-    if target.is_dir():
-        shutil.rmtree(staging, ignore_errors=True)  # left over if a run died after the rename
-        return
-    entries = extract(archive, staging)
-    os.replace(_top_folder(entries, source.top or "", archive.name, source.rename_to), target)
-    shutil.rmtree(staging)
-
-
-def _top_folder(entries: list[Path], folder: str, archive: str, rename_to: str) -> Path:
-    """The archive's top folder ``folder``, compared in Unicode NFC (a zip may store ``ö`` decomposed); else its
-    only top folder, with a warning."""
-    dirs = [e for e in entries if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"]
-    for d in dirs:
-        if unicodedata.normalize("NFC", d.name) == unicodedata.normalize("NFC", folder):
-            return d
-    if len(dirs) == 1:
-        log.warning("%s unpacked to %s/, not %s/; using it", archive, dirs[0].name, folder)
-        return dirs[0]
-    found = ", ".join(sorted(e.name for e in entries)) or "nothing"
-    raise DataError(f"{archive} did not unpack to one {folder}/ folder (found: {found}); the archive changed "
-                    f"upstream: report it, or unpack it yourself into {rename_to}/ holding class folders")
 
 
 def _fixture(layout: ClassFolders):
@@ -184,5 +142,5 @@ def _archive(path: str, files: list[tuple[str, bytes]]) -> bytes:
 def spec(*, layout: ClassFolders, **facts) -> TaskSpec:
     """A :class:`TaskSpec` for a class-folder benchmark: ``facts`` are the spec's values, ``layout`` its folders."""
     name = facts["name"]
-    return TaskSpec(load=_load(name, layout), missing=_missing(layout), fetch=_fetch, fixture=_fixture(layout),
+    return TaskSpec(load=_load(name, layout), missing=_missing(layout), fetch=fetch_sources, fixture=_fixture(layout),
                     kind="open-set" if layout.test_only_classes == "open-set" else "plain", **facts)

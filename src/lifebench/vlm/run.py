@@ -54,16 +54,18 @@ def answer_questions(task: Task, backbone: GenerativeBackbone, *, cache_dir: Pat
     picks = [p for p, _ in scored]
     y_pred = np.array([_prediction(p, ok, q.options, g, answer_scoring)
                        for (p, ok), q, g in zip(scored, questions, golds, strict=True)], dtype=object).astype(str)
-    unparsed = np.array([p is None for p in picks], dtype=np.float64)
+    # scored wrong for naming no option the scoring accepts: under evllm a credited hedge is not, an uncredited
+    # "(B)" is, so the rate printed next to the accuracy describes the same predictions
+    unparsed = (y_pred == UNKNOWN).astype(np.float64)
     n_bad = int(unparsed.sum())
     if n_bad:
-        shown = "; ".join(repr((r.text or "")[:60]) for r, p in zip(replies, picks, strict=True) if p is None)
+        shown = "; ".join(repr((r.text or "")[:60]) for r, bad in zip(replies, unparsed, strict=True) if bad)
         log.warning("%s on %s: %d of %d replies name no option (counted wrong), e.g. %s", backbone.id, task.name,
                     n_bad, len(picks), shown[:300])
     log.info("%s on %s: %d requests sent, %d from the cache", backbone.id, task.name, tally.sent, tally.cached)
     info = {"n_train": 0, "n_questions": len(picks), "n_unparsed": n_bad,
             "unparsed_rate": n_bad / len(picks) if picks else 0.0,
-            "unparsed_examples": [r.text for r, p in zip(replies, picks, strict=True) if p is None][:_SHOW],
+            "unparsed_examples": [r.text for r, bad in zip(replies, unparsed, strict=True) if bad][:_SHOW],
             "requests": tally.as_dict(), "settings": backbone.settings(endpoint), "prompt": INSTRUCTION,
             "answer_scoring": answer_scoring,
             "n_scored_unlike_strict": sum(ok != (p is not None and q.options[p] == g)

@@ -1,6 +1,6 @@
 """Beluga ID 2022 (LILA, Wild Me): cropped top-view aerial photos of beluga whales, one label per individual.
 
-* Source: :data:`URL`, the LILA tarball ``beluga.coco.tar.gz`` on source.coop, the file BioBench fetches. No
+* Source: :data:`BASE_URL`, the LILA tarball ``beluga.coco.tar.gz`` on source.coop, the file BioBench fetches. No
   checksum is published, so the download is trusted on first use (its SHA-256 is recorded beside it and checked
   on every later use).
 * Layout after download (the tarball unpacked into ``<root>``): ``beluga.coco/annotations/instances_train2022.json``
@@ -36,19 +36,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lifebench.download import download as fetch_file
-from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Examples, Task
-from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
+from lifebench.tasks.catalog import Source, TaskSpec, fetch_sources, register
 
-__all__ = ["ANNOTATIONS", "ARCHIVE", "IMAGES", "SHA256", "URL", "download", "load", "make_fixture", "missing"]
+__all__ = ["ANNOTATIONS", "ARCHIVE", "BASE_URL", "IMAGES", "SPEC", "download", "load", "make_fixture", "missing"]
 
 log = logging.getLogger(__name__)
 
-URL = "http://us-west-2.opendata.source.coop.s3.amazonaws.com/agentmorris/lila-wildlife/wild-me/beluga.coco.tar.gz"
+BASE_URL = "http://us-west-2.opendata.source.coop.s3.amazonaws.com/agentmorris/lila-wildlife/wild-me"
 ARCHIVE = "beluga.coco.tar.gz"
-SHA256: str | None = None  # LILA publishes no checksum: trust on first use
 ANNOTATIONS = "beluga.coco/annotations/instances_train2022.json"
 IMAGES = "beluga.coco/images/train2022"
 
@@ -63,15 +60,9 @@ def missing(root: Path) -> str | None:
 
 
 def download(root: Path, *, base_url: str | None = None, show_progress: bool = True) -> Path:
-    """Fetch ``beluga.coco.tar.gz``, record its SHA-256 on first use, and unpack it into ``root``.
-
-    ``base_url`` is a mirror folder serving ``<base_url>/beluga.coco.tar.gz``; by default :data:`URL` is used.
-    """
-    root = Path(root)
-    url = f"{base_url.rstrip('/')}/{ARCHIVE}" if base_url else URL
-    archive = fetch_file(url, root / ".downloads" / ARCHIVE, sha256=SHA256, show_progress=show_progress)
-    extract(archive, root)
-    return root
+    """Fetch ``beluga.coco.tar.gz`` (:data:`SPEC`'s source; LILA publishes no checksum, so its SHA-256 is recorded
+    on first use) and unpack it into ``root``. ``base_url``: a mirror folder serving the same file name."""
+    return (SPEC if base_url is None else SPEC.mirrored(base_url)).download(root, show_progress=show_progress)
 
 
 def _read_coco(path: Path) -> dict:
@@ -229,8 +220,8 @@ SPEC = register(TaskSpec(
     name="beluga", display="Beluga ID", suite="ecology", modality="aerial photos (cropped)", kingdom="Animalia",
     protocol="reid", metric="macro_f1", kind="leave-one-out", method="leave-one-out kNN re-ID (k=5, cosine)",
     n_train=5902, n_test=5902, source="LILA Beluga ID 2022 (Wild Me COCO)", license="CDLA-Permissive-1.0 (LILA)",
-    size="about 590 MB", load=load, missing=missing, fetch=via_base_url(download),
-    fixture=lambda spec, **kw: make_fixture(**kw), sources=(Source(ARCHIVE),),
+    size="about 590 MB", load=load, missing=missing, fetch=fetch_sources,
+    fixture=lambda spec, **kw: make_fixture(**kw), base_url=BASE_URL, sources=(Source(ARCHIVE),),
     upstream=("samuelstevens/biobench@6376d97 src/biobench/beluga/__init__.py, download.py",
               "WildlifeDatasets/wildlife-datasets datasets_wildme.py (BelugaID)"),
 ))

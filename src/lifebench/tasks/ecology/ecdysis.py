@@ -72,7 +72,7 @@ from lifebench.download import download as fetch_file
 from lifebench.errors import ConfigError, DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import Examples, Task
-from lifebench.tasks.catalog import Source, TaskSpec, register
+from lifebench.tasks.catalog import TaskSpec, register
 
 __all__ = ["COLUMNS", "MANIFEST", "PAGE_PATH", "PAGE_URL", "download", "load", "make_fixture", "missing",
            "temporal_split"]
@@ -538,7 +538,7 @@ SPEC = register(TaskSpec(
     protocol="logreg", metric="macro_f1", kind="open-set", method="logistic probe, per-label temporal 80/20 split",
     n_train=None, n_test=None, source="Ecdysis portal metadata CSV + per-image URLs", license="see source",
     size="not recorded", load=load, missing=missing, fetch=_fetch, fixture=_fixture,
-    sources=(Source(PAGE_PATH.lstrip("/"), unpack=False),),
+    
     upstream=("samuelstevens/biobench@6376d97 src/biobench/ecdysis/__init__.py, download.py",
               "EcdysisFoundation/bugbox_open@d66a8a4 bugbox3/samples/exports.py, views_public.py"),
 ))

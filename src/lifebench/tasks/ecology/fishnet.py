@@ -33,7 +33,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Examples, Part, Task
-from lifebench.tasks.catalog import Source, TaskSpec, register
+from lifebench.tasks.catalog import TaskSpec, register
 from lifebench.tasks.fixtures import jpeg, zip_bytes
 from lifebench.tasks.folder import read_csv
 
@@ -202,8 +202,7 @@ SPEC = register(TaskSpec(
     method="9 binary traits, logistic probe each; mean of 2-class macro-F1", n_train=75631, n_test=18901,
     source="FishNet (Khan et al. 2023)", license="see the FishNet repository", size="5.4 GB", load=load,
     missing=missing, fetch=_fetch, fixture=lambda spec, **kw: make_fixture(**kw),
-    sources=(Source("train.csv", unpack=False),
-                                                    Source("test.csv", unpack=False), Source(IMAGES_ZIP)),
+    
     upstream=("samuelstevens/biobench@6376d97 src/biobench/fishnet/__init__.py",
               "faixan-khan/FishNet@b76b1b5 anns/test.csv, main.py"),
 ))

@@ -41,11 +41,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lifebench.download import download as fetch_file
-from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import UNKNOWN, Examples, Task
-from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
+from lifebench.tasks.catalog import Source, TaskSpec, fetch_sources, register
 from lifebench.tasks.fixtures import tar_bytes
 from lifebench.tasks.folder import read_csv
 
@@ -83,17 +81,10 @@ def missing(root: Path) -> str | None:
 
 
 def download(root: Path, *, base_url: str | None = None, show_progress: bool = True) -> Path:
-    """Fetch the two image archives (about 9 GB), the metadata CSVs and the poison list into ``root``.
-
-    No checksums are published, so each file's SHA-256 is recorded on first download and checked afterwards.
-    """
-    root, base_url = Path(root), (base_url or BASE_URL).rstrip("/")
-    for name in ARCHIVES:
-        archive = fetch_file(f"{base_url}/{name}", root / ".downloads" / name, show_progress=show_progress)
-        extract(archive, root)
-    for name in (TRAIN_CSV, VAL_CSV, POISON_CSV):
-        fetch_file(f"{base_url}/{name}", root / name, show_progress=show_progress)
-    return root
+    """Fetch the two image archives (about 9 GB), the metadata CSVs and the poison list (:data:`SPEC`'s sources) into
+    ``root``. No checksums are published, so each file's SHA-256 is recorded on first download and checked
+    afterwards. ``base_url``: a mirror serving the same file names."""
+    return (SPEC if base_url is None else SPEC.mirrored(base_url)).download(root, show_progress=show_progress)
 
 
 def _fix(root: Path) -> str:
@@ -301,8 +292,9 @@ SPEC = register(TaskSpec(
     method="open-set SimpleShot + Mahalanobis, per observation", n_train=295938, n_test=60832,
     source="Danish Fungi DF20/DF21 300px (FungiCLEF 2023 metadata)",
     license="BSD per the DF20 repository; non-commercial research use only", size="about 9 GB", load=load,
-    missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
-    sources=tuple(Source(name) for name in ARCHIVES),
+    missing=missing, fetch=fetch_sources, fixture=lambda spec, **kw: make_fixture(**kw), base_url=BASE_URL,
+    sources=(*(Source(name) for name in ARCHIVES), *(Source(name, unpack=False) for name in (TRAIN_CSV, VAL_CSV,
+                                                                                              POISON_CSV))),
     upstream=("samuelstevens/biobench@6376d97 src/biobench/fungiclef/__init__.py, metrics.py",
               "BohemianVRA/FGVC-Competitions@ecb583b FungiCLEF2023/evaluate.py"),
 ))

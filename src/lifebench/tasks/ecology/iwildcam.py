@@ -4,7 +4,7 @@ Facts from the ``wilds`` package source (2.0.0: ``wilds/datasets/iwildcam_datase
 the WILDS repository's ``dataset_preprocessing/iwildcam/create_split.py``, which wrote the released files. The
 ``wilds`` package is not needed here: only its layout and its download URL are used.
 
-* Archive: :data:`URL` (a CodaLab bundle, 11,957,420,032 bytes compressed). WILDS saves it as
+* Archive: ``<BASE_URL>/blob/`` (a CodaLab bundle, 11,957,420,032 bytes compressed). WILDS saves it as
   ``<root>/iwildcam_v2.0/archive.tar.gz`` and unpacks it there; no checksum is published (``md5=None``), so the
   download is trusted on first use (its SHA-256 is recorded and checked on every later use).
 * Layout: ``<root>/iwildcam_v2.0/`` holds ``RELEASE_v2.0.txt``, ``metadata.csv``, ``categories.csv`` and
@@ -39,22 +39,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lifebench.download import download as fetch_file
-from lifebench.download import extract
 from lifebench.errors import ConfigError, DataError
 from lifebench.tasks.base import Examples, Task
-from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
+from lifebench.tasks.catalog import Source, TaskSpec, fetch_sources, register
 from lifebench.tasks.fixtures import tar_bytes
 from lifebench.tasks.folder import read_csv
 
-__all__ = ["ARCHIVE", "COMPRESSED_SIZE", "MD5", "SPLITS", "URL", "VERSION_DIR", "download", "load", "make_fixture",
-           "missing"]
+__all__ = ["ARCHIVE", "BASE_URL", "BLOB", "COMPRESSED_SIZE", "SPEC", "SPLITS", "VERSION_DIR", "download", "load",
+           "make_fixture", "missing"]
 
 log = logging.getLogger(__name__)
 
-URL = "https://worksheets.codalab.org/rest/bundles/0x6313da2b204647e79a14b468131fcd64/contents/blob/"
-ARCHIVE = "archive.tar.gz"  # the name WILDS saves the bundle under
-MD5: str | None = None  # WILDS publishes no checksum for this archive
+BASE_URL = "https://worksheets.codalab.org/rest/bundles/0x6313da2b204647e79a14b468131fcd64/contents"
+BLOB = "blob/"  # the bundle's URL path under BASE_URL, as WILDS requests it
+ARCHIVE = "archive.tar.gz"  # the name WILDS saves the bundle under (no checksum is published for it)
 COMPRESSED_SIZE = 11_957_420_032
 VERSION_DIR = "iwildcam_v2.0"
 RELEASE_FILE = "RELEASE_v2.0.txt"
@@ -84,16 +82,9 @@ def missing(root: Path) -> str | None:
 
 
 def download(root: Path, *, base_url: str | None = None, show_progress: bool = True) -> Path:
-    """Fetch the WILDS archive (about 12 GB), record its SHA-256 on first use, unpack it into ``root/iwildcam_v2.0``.
-
-    ``base_url`` is a mirror folder that serves the archive as ``<base_url>/archive.tar.gz``; by default
-    :data:`URL` is used.
-    """
-    root = Path(root)
-    url = f"{base_url.rstrip('/')}/{ARCHIVE}" if base_url else URL
-    archive = fetch_file(url, root / ".downloads" / ARCHIVE, md5=MD5, show_progress=show_progress)
-    extract(archive, root / VERSION_DIR)
-    return root
+    """Fetch the WILDS archive (about 12 GB; :data:`SPEC`'s source, its SHA-256 recorded on first use) and unpack it
+    into ``root/iwildcam_v2.0``. ``base_url``: a mirror serving the same path (``<base_url>/blob/``)."""
+    return (SPEC if base_url is None else SPEC.mirrored(base_url)).download(root, show_progress=show_progress)
 
 
 def _class_names(path: Path) -> dict[int, str]:
@@ -247,8 +238,8 @@ SPEC = register(TaskSpec(
     name="iwildcam", display="iWildCam (WILDS)", suite="ecology", modality="camera traps", kingdom="Animalia",
     protocol="logreg", metric="macro_f1", kind="open-set", method="logistic probe, WILDS train -> test (OOD)",
     n_train=None, n_test=42700, source="WILDS iwildcam v2.0", license="see source", size="not recorded", load=load,
-    missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
-    sources=(Source(ARCHIVE),),
+    missing=missing, fetch=fetch_sources, fixture=lambda spec, **kw: {BLOB: make_fixture(**kw)[ARCHIVE]},
+    base_url=BASE_URL, sources=(Source(BLOB, save_as=ARCHIVE, into=VERSION_DIR),),
     upstream=("samuelstevens/biobench@6376d97 src/biobench/iwildcam/__init__.py", "wilds 2.0.0 wilds/datasets/iwildcam_dataset.py",
               "p-lambda/wilds@4726775 dataset_preprocessing/iwildcam/create_split.py"),
 ))

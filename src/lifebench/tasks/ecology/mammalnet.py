@@ -46,12 +46,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lifebench.download import download as fetch_file
-from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import Task
-from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
+from lifebench.tasks.catalog import Source, TaskSpec, fetch_sources, register
 from lifebench.tasks.ecology import clip_task
 from lifebench.tasks.fixtures import tar_bytes
 
@@ -259,17 +257,18 @@ def prepare(root: Path, *, n_frames: int = N_FRAMES, workers: int | None = None,
 
 
 def download(root: Path, *, base_url: str | None = None, show_progress: bool = True) -> Path:
-    """Fetch both archives (SHA-256 recorded on first use), unpack them, then extract the frames (:func:`prepare`).
+    """Fetch both archives (:data:`SPEC`'s sources, SHA-256 recorded on first use), unpack them, then extract the
+    frames (:func:`prepare`). ``base_url``: a mirror serving the same file names."""
+    return (SPEC if base_url is None else SPEC.mirrored(base_url)).download(root, show_progress=show_progress)
 
-    A video decoder is checked for first, so a missing one is reported before the large video archive is fetched.
-    """
-    root, base_url = Path(root), (base_url or BASE_URL).rstrip("/")
+
+def _fetch(spec: TaskSpec, root: Path, *, show_progress: bool = True) -> Path:
+    """A video decoder is checked for first, so a missing one is reported before the large video archive is fetched;
+    then the sources, then the frames."""
     if video_backend() is None:
         raise DataError(f"mammalnet: the download ends by extracting frames from the videos, which needs a video "
                         f"decoder; {_INSTALL}")
-    for name in ARCHIVES:
-        archive = fetch_file(f"{base_url}/{name}", root / ".downloads" / name, show_progress=show_progress)
-        extract(archive, root)
+    fetch_sources(spec, root, show_progress=show_progress)
     prepare(root, show_progress=show_progress)
     return root
 
@@ -455,8 +454,8 @@ SPEC = register(TaskSpec(
     name="mammalnet", display="MammalNet", suite="ecology", modality="web video", kingdom="Animalia",
     protocol="logreg", metric="macro_f1", kind="plain", method="logistic probe on max-pooled frame embeddings",
     n_train=None, n_test=None, source="MammalNet videos + annotations", license="see source",
-    size="not recorded", load=load, missing=missing, fetch=via_base_url(download),
-    fixture=lambda spec, **kw: make_fixture(**kw),
+    size="not recorded", load=load, missing=missing, fetch=_fetch,
+    fixture=lambda spec, **kw: make_fixture(**kw), base_url=BASE_URL,
     sources=tuple(Source(name) for name in ARCHIVES),
     upstream=("samuelstevens/biobench@6376d97 src/biobench/mammalnet/__init__.py, download.py",
               "Vision-CAIR/MammalNet@d4b2d59 detection/slowfast/datasets/animalnet_behavior_composition.py"),

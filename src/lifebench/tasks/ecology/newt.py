@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lifebench.download import download as fetch_file
-from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Examples, Part, Task
-from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
+from lifebench.tasks.catalog import Source, TaskSpec, fetch_sources, register
 from lifebench.tasks.fixtures import jpeg, tar_bytes
 from lifebench.tasks.folder import read_csv
 
@@ -51,11 +49,9 @@ def missing(root: Path) -> str | None:
 
 
 def download(root: Path, *, base_url: str | None = None, show_progress: bool = True) -> Path:
-    """Fetch the labels and images archives (4.1 GB), verify them, and unpack them into ``root``."""
-    root, base_url = Path(root), base_url or BASE_URL
-    for name in ARCHIVES:
-        extract(fetch_file(f"{base_url}/{name}", root / ".downloads" / name, show_progress=show_progress), root)
-    return root
+    """Fetch the labels and images archives (4.1 GB; :data:`SPEC`'s sources, trusted on first use) and unpack them
+    into ``root``. ``base_url``: a mirror serving the same file names."""
+    return (SPEC if base_url is None else SPEC.mirrored(base_url)).download(root, show_progress=show_progress)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -133,8 +129,8 @@ SPEC = register(TaskSpec(
     protocol="logreg", metric="accuracy", kind="parts", method="164 binary tasks, logistic probe each; accuracy "
     "pooled over tasks", n_train=None, n_test=None, source="NeWT 2021 (iNat)",
     license="see the NeWT repository (iNaturalist photos, CC licenses)", size="4.1 GB", load=load,
-    missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
-    sources=tuple(Source(name) for name in ARCHIVES),
+    missing=missing, fetch=fetch_sources, fixture=lambda spec, **kw: make_fixture(**kw),
+    base_url=BASE_URL, sources=tuple(Source(name) for name in ARCHIVES),
     upstream=("samuelstevens/biobench@6376d97 src/biobench/newt/__init__.py",
               "visipedia/newt@e9f2618 README.md, benchmark/newt_task_clusters.csv"),
 ))

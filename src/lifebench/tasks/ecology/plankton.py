@@ -37,8 +37,8 @@ _LAYOUT = ClassFolders(train=("train",), test=("val",), test_only_classes="drop"
 SPEC = register(spec(
     name="plankton", display="Plankton (SYKE IFCB)", suite="ecology", modality="micrographs",
     kingdom="phytoplankton", protocol="logreg", metric="macro_f1",
-    method="logistic probe, train -> val; test-only classes (unclassifiable) left out", n_train=63074,
-    n_test=151236, source="SYKE-plankton IFCB 2022 (train) and Utö 2021 (test)", license="see source",
+    method="logistic probe, train -> val; test-only classes (unclassifiable, about 94,000 images) left out",
+    n_train=63074, n_test=None, source="SYKE-plankton IFCB 2022 (train) and Utö 2021 (test)", license="see source",
     size="not recorded", base_url="https://b2share.eudat.eu/records",
     sources=(Source("xvnrp-7ga56/files/phytoplankton_labeled.zip", top="labeled_20201020", rename_to="train"),
              Source("w7y96-6jd66/files/phytoplankton_Ut%C3%B6_2021_labeled.zip",

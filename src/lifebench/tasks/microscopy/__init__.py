@@ -5,6 +5,6 @@ Six tasks share one download (:mod:`.ubench`): five coarse question types asked 
 dataset-specific classification question (``ubench-fine``). Every task is a multiple-choice test set with no
 training split: contrastive models pick the option whose caption is most similar to the image (protocol
 ``zero-shot``), generative models answer the lettered question (:mod:`lifebench.vlm`). Metric: accuracy.
-:mod:`.report` scores them per source dataset, domain and taxonomy group and compares specialist with generalist
+:mod:`lifebench.report.microscopy` scores them per source dataset, domain and taxonomy group and compares specialist with generalist
 models. See docs/microscopy.md.
 """

@@ -48,7 +48,7 @@ from lifebench.download import download as fetch_file
 from lifebench.download import extract
 from lifebench.errors import DataError
 from lifebench.tasks.base import Task
-from lifebench.tasks.catalog import Source, TaskSpec, register
+from lifebench.tasks.catalog import TaskSpec, register
 from lifebench.tasks.folder import read_csv
 from lifebench.tasks.treeoflife import every_image_task
 
@@ -284,7 +284,7 @@ def _spec(s: MetaAlbumSet, modality: str, kingdom: str) -> TaskSpec:
         protocol="zero-shot", metric="accuracy", kind="plain", method="zero-shot (asis names); 1/5-shot",
         n_train=40 * s.n_classes, n_test=40 * s.n_classes, source=f"Meta-Album {s.code} (OpenML {s.openml_id})",
         license="per set (Meta-Album fact sheet); not recorded", size="not recorded", load=load, missing=missing,
-        fetch=fetch, fixture=fixture, sources=(Source(path),), options={"dataset": s.task},
+        fetch=fetch, fixture=fixture, options={"dataset": s.task},
         upstream=("Imageomics/bioclip@4ea3247 (Meta-Album annotation CSVs)", f"OpenML dataset {s.openml_id}"))
 
 

@@ -47,7 +47,7 @@ from lifebench.download import hf_headers
 from lifebench.errors import DataError
 from lifebench.progress import progress
 from lifebench.tasks.base import Task
-from lifebench.tasks.catalog import Source, TaskSpec, register, via_base_url
+from lifebench.tasks.catalog import TaskSpec, register, via_base_url
 from lifebench.tasks.folder import read_csv
 from lifebench.tasks.taxonomy import RANKS, rank_columns
 from lifebench.tasks.treeoflife import every_image_task, one_taxonomy_per_class
@@ -245,6 +245,6 @@ SPEC = register(TaskSpec(
     source="Hugging Face imageomics/rare-species",
     license="CC0 compilation; each image CC0 to CC BY-NC-SA (metadata/licenses.csv)", size="not recorded",
     load=load, missing=missing, fetch=via_base_url(download), fixture=lambda spec, **kw: make_fixture(**kw),
-    sources=(Source(METADATA, unpack=False),),
+    
     upstream=("Imageomics/bioclip@4ea3247", "Imageomics/pybioclip@a96a21f", "imageomics/rare-species metadata.csv"),
 ))
