@@ -13,6 +13,9 @@ with the time split into stages by wrapping (in this process only) the functions
   wall time of that step, not the sum over threads);
 * ties: paired tests against the best model with Holm correction (``ties_with_best``);
 * render: ``to_text``, ``to_markdown`` and ``Leaderboard.write`` (md, csv, json).
+* labels: the "how many more labels?" estimate for each task (``labels_needed``; always on);
+* per_class: per-class F1 with paired intervals and confusion matrices (``per_class_scores``; only with
+  ``--per-class``, whose files and text are then part of render).
 
 Test-set sizes (13 tasks, 158,900 test predictions per model, 13.5 million stored rows in all) span BioBench's
 range with the largest scaled down: 2,000 to 40,000 examples (Plankton's 151k counted as 40k), 2 to 1,000
@@ -22,6 +25,7 @@ classes, macro-F1 for 11 tasks and accuracy for 2. Run::
     .venv/bin/python bench/report_step.py --profile 25      # plus the 25 costliest functions (cProfile)
     .venv/bin/python bench/report_step.py --models 10       # a smaller store for a quick look
     .venv/bin/python bench/report_step.py --check 5        # plus: 5 models' resampled scores against the index path
+    .venv/bin/python bench/report_step.py --per-class      # as `lifebench report --per-class`
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import numpy as np
 
 import lifebench.report.leaderboard as lb
 from lifebench.metrics import get_metric, resample_indices, task_seed
+from lifebench.metrics.bootstrap import class_strata
 from lifebench.report import build_leaderboard
 from lifebench.store import Experiment, Predictions, Store
 
@@ -64,7 +69,7 @@ TASKS: list[tuple[str, int, int, str]] = [
     ("t13", 40_000, 50, "accuracy"),
 ]
 TOPK = 5
-STAGES = ("load", "align", "encode", "resample", "bootstrap", "ties", "render")
+STAGES = ("load", "align", "encode", "resample", "bootstrap", "ties", "labels", "per_class", "render")
 
 
 def _spec(n_models: int, seed: int) -> dict[str, Any]:
@@ -125,7 +130,8 @@ class StageClock:
         return timed
 
 
-def timed_report(path: Path, n_resamples: int, out_dir: Path) -> tuple[dict[str, float], float, int]:
+def timed_report(path: Path, n_resamples: int, out_dir: Path, per_class: bool = False
+                 ) -> tuple[dict[str, float], float, int]:
     """Run build_leaderboard and the renderers once; return seconds per stage, the total, and the cell count."""
     clock = StageClock()
     originals = {
@@ -136,6 +142,8 @@ def timed_report(path: Path, n_resamples: int, out_dir: Path) -> tuple[dict[str,
         "bootstrap_many": lb.bootstrap_many,
         "ties_with_best": lb.ties_with_best,
         "_load_aligned": lb._load_aligned,
+        "labels_needed": lb.labels_needed,
+        "per_class_scores": lb.per_class_scores,
     }
     align_inner: dict[str, float] = defaultdict(float)
 
@@ -155,11 +163,16 @@ def timed_report(path: Path, n_resamples: int, out_dir: Path) -> tuple[dict[str,
     lb.bootstrap_many = clock.wrap("bootstrap", originals["bootstrap_many"])
     lb.ties_with_best = clock.wrap("ties", originals["ties_with_best"])
     lb._load_aligned = aligned
+    lb.labels_needed = clock.wrap("labels", originals["labels_needed"])
+    lb.per_class_scores = clock.wrap("per_class", originals["per_class_scores"])
     try:
         t0 = time.perf_counter()
-        board = build_leaderboard(path, n_resamples=n_resamples)
+        board = build_leaderboard(path, n_resamples=n_resamples, per_class=per_class)
         t = time.perf_counter()
         board.to_text()
+        board.labels_needed_text()
+        if board.per_class is not None:
+            board.per_class.to_text()
         board.to_markdown()
         board.write(out_dir)
         clock.seconds["render"] += time.perf_counter() - t
@@ -167,7 +180,8 @@ def timed_report(path: Path, n_resamples: int, out_dir: Path) -> tuple[dict[str,
     finally:
         Store.predictions = originals["predictions"]  # type: ignore[method-assign]
         Store.experiments = originals["experiments"]  # type: ignore[method-assign]
-        for name in ("_encode", "resample_indices", "bootstrap_many", "ties_with_best", "_load_aligned"):
+        for name in ("_encode", "resample_indices", "bootstrap_many", "ties_with_best", "_load_aligned",
+                     "labels_needed", "per_class_scores"):
             setattr(lb, name, originals[name])
     seconds = dict(clock.seconds) | dict(align_inner)
     return seconds, total, len(board.cells)
@@ -186,7 +200,7 @@ def check_against_index_path(path: Path, n_resamples: int, n_models: int, seed: 
             aligned = lb._load_aligned(store, task, metric, exps)
             classes = np.array(sorted(set().union(*(e.classes for e, _ in aligned))))
             y = lb._encode(aligned[0][1].y_true, classes)
-            idx = resample_indices(y.size, n_resamples, task_seed(task, seed))
+            idx = resample_indices(y.size, n_resamples, task_seed(task, seed), strata=class_strata(y))  # as the leaderboard
             for e, p in aligned:
                 reference = metric.resampled_fn(y, lb._encode(p.y_pred, classes), idx)
                 got = board.resamples[(task, metric.name, e.backbone, e.protocol)]
@@ -207,6 +221,8 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="rebuild the store even if it matches")
     parser.add_argument("--check", type=int, default=0, metavar="N",
                         help="also compare N models per task with the index-matrix computation")
+    parser.add_argument("--per-class", action="store_true",
+                        help="also per-class scores and confusion matrices, as `lifebench report --per-class`")
     args = parser.parse_args()
 
     spec = _spec(args.models, args.seed)
@@ -237,7 +253,7 @@ def main() -> None:
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
-        seconds, total, n_cells = timed_report(path, args.resamples, out_dir)
+        seconds, total, n_cells = timed_report(path, args.resamples, out_dir, args.per_class)
         if profiler:
             profiler.disable()
     finally:

@@ -281,7 +281,7 @@ def test_many_models_at_once_give_each_models_own_resamples_and_intervals(block_
                                        err_msg=f"{name}, model {i}")
         for got, want in zip(bootstrap_many(metric, y, args, counts), (bootstrap_ci(metric, y, a, idx) for a in args),
                              strict=True):
-            assert (got.point, got.low, got.high, got.widened) == pytest.approx(
-                (want.point, want.low, want.high, want.widened), abs=1e-12)
+            assert (got.point, got.low, got.high, got.acceleration) == pytest.approx(
+                (want.point, want.low, want.high, want.acceleration), abs=1e-12)
     assert METRICS.get("macro_f1").resampled_many_fn(y, preds[3:4], counts)[0].tolist() == [1.0] * 300
     assert bootstrap_many("macro_f1", y, [], counts) == []

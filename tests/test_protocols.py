@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -12,9 +13,9 @@ from scipy.spatial.distance import cdist
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.exceptions import NotFittedError
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.metrics import f1_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -26,6 +27,7 @@ from lifebench.protocols.logreg import (
     DEFAULT_CS,
     LogisticProbe,
     _macro_f1,
+    _stratified_folds,
     _stratified_holdout,
     fit_many_binary,
 )
@@ -162,6 +164,7 @@ def test_choose_C_reproduces_sklearn_validation_scores(digits):
     grid = (0.001, 0.01, 0.1, 1.0)
     probe = LogisticProbe(Cs=grid, dtype="float64", tol=1e-8, random_state=7).fit(X_tr, y_tr)
     assert probe.C_ in grid and set(probe.val_scores_) == set(grid)
+    assert len(y_tr) >= probe.cv_below and probe.val_folds_ == 1  # 1257 examples: one hold-out
     # recompute every held-out score with scikit-learn on the same split and standardisation
     classes, codes = np.unique(y_tr, return_inverse=True)
     fit_idx, val_idx = _stratified_holdout(codes, len(classes), 0.2, np.random.RandomState(7))
@@ -173,6 +176,58 @@ def test_choose_C_reproduces_sklearn_validation_scores(digits):
         expected[C] = f1_score(y_tr[val_idx], pred, labels=np.unique(y_tr[val_idx]), average="macro")
         assert probe.val_scores_[C] == pytest.approx(expected[C], abs=0.005)
     assert probe.C_ == max(grid, key=lambda c: (expected[c], -c))
+
+
+def test_stratified_folds():
+    codes = np.repeat(np.arange(4), [1, 2, 3, 14])
+    folds = _stratified_folds(codes, 4, 5, np.random.RandomState(0))
+    assert len(folds) == 5
+    vals = np.concatenate([v for _, v in folds])
+    assert np.sort(vals).tolist() == np.flatnonzero(codes > 0).tolist()  # every example but the single one, once
+    for fit, val in folds:
+        assert np.intersect1d(fit, val).size == 0 and np.union1d(fit, val).size == codes.size
+        assert set(codes[fit]) == {0, 1, 2, 3}  # every class is fitted in every fold
+    # the folds are scikit-learn's StratifiedKFold over the classes with two or more examples
+    several = np.flatnonzero(codes > 0)
+    with pytest.warns(UserWarning, match="least populated class"):  # lifebench's own folds stay quiet
+        ref = list(StratifiedKFold(5, shuffle=True, random_state=0).split(several[:, None], codes[several]))
+    for (_, val), (_, ref_val) in zip(folds, ref, strict=True):
+        np.testing.assert_array_equal(val, several[ref_val])
+    assert len(_stratified_folds(codes[codes < 3], 3, 5, np.random.RandomState(0))) == 3  # k <= largest class
+    assert _stratified_folds(np.arange(4), 4, 5, np.random.RandomState(0)) == []
+
+
+def _macro_f1_present(estimator, X, y):
+    """lifebench's selection score as a scikit-learn scorer: macro-F1 over the classes in the validation labels."""
+    return f1_score(y, estimator.predict(X), labels=np.unique(y), average="macro")
+
+
+@pytest.mark.parametrize(("binary", "seed"), [(False, 0), (False, 1), (False, 2), (True, 0), (True, 2)])
+def test_choose_C_by_kfold_on_small_training_set_equals_logistic_regression_cv(binary, seed):
+    """Below cv_below examples C is chosen as LogisticRegressionCV chooses it: the same StratifiedKFold folds, the
+    mean validation score per C, ties to the smaller C (argmax over an ascending grid), refit on everything. The
+    hold-out on these 165 examples (33 held out, class 0 with 3 examples) chose another C in every case here."""
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: 3 + 3 * c] for c in range(10)])
+    X, y = X[keep] / 16.0, y[keep] % 2 if binary else y[keep]
+    grid = (0.003, 0.03, 0.3, 3.0, 30.0)
+    probe = LogisticProbe(Cs=grid, dtype="float64", tol=1e-8, random_state=seed).fit(X, y)
+    holdout = LogisticProbe(Cs=grid, dtype="float64", tol=1e-8, random_state=seed, cv_below=0).fit(X, y)
+    Z = StandardScaler().fit(X).transform(X)  # the probe standardises with all of train, then folds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the least populated class has only 3 members"
+        ref = LogisticRegressionCV(
+            Cs=list(grid), cv=StratifiedKFold(5, shuffle=True, random_state=seed), scoring=_macro_f1_present,
+            tol=1e-8, max_iter=10000, l1_ratios=(0.0,), use_legacy_attributes=False,
+        ).fit(Z, y)
+    ref_scores = np.asarray(ref.scores_).reshape(5, len(grid)).mean(axis=0)
+    assert probe.val_folds_ == 5 and holdout.val_folds_ == 1
+    np.testing.assert_allclose([probe.val_scores_[c] for c in grid], ref_scores, atol=1e-12)
+    assert probe.C_ == float(np.ravel(ref.C_)[0]) != holdout.C_
+    assert fit_info(probe)["val_folds"] == 5
+    # the final model is LogisticRegressionCV's refit on all examples
+    np.testing.assert_allclose(probe.predict_proba(X), ref.predict_proba(Z), atol=1e-4)
 
 
 def test_choose_C_reproducible_refit_on_all_train_and_accurate(digits):
@@ -456,7 +511,8 @@ def test_few_shot_is_bioclips_classifier_and_draw_on_features_of_varying_norm():
             changed += int((old != theirs).sum())
             assert np.mean(ours == np.asarray(target)) > 1 / n_class  # it learns something
     assert agree == [1.0] * 10
-    assert changed > 0  # without the first normalisation, predictions differ
+    # without the first normalisation, predictions differ: on 891 of the 2,040 queries (docs/treeoflife.md quotes it)
+    assert changed == 891
     f32 = make_protocol("few-shot").fit(X[rows_train], y[rows_train])
     assert np.mean(f32.predict(X[np.asarray(rows_test)]) == theirs) == 1.0
 

@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from lifebench.errors import ConfigError, DataError, UnknownNameError
-from lifebench.metrics import resample_indices, task_seed
+from lifebench.metrics import Estimate, resample_indices, task_seed, ties_with_best
 from lifebench.report import Cell, Leaderboard, build_leaderboard
 from lifebench.store import Experiment, Predictions, Store
 
@@ -93,16 +93,21 @@ def test_points_match_sklearn_and_ties(store: Store) -> None:
     assert board.models() == [("strong", "logreg"), ("copy", "logreg"), ("weak", "logreg")]
 
 
-def test_interval_is_percentile_bootstrap_on_the_shared_task_resamples(store: Store) -> None:
+def test_interval_is_bca_bootstrap_on_the_shared_task_resamples(store: Store) -> None:
+    from lifebench.metrics import bootstrap_ci
+
     board = build_leaderboard(store, n_resamples=B, seed=7, confidence=0.9)
     ids, y = truth()
-    idx = resample_indices(N, B, task_seed("bugs", 7))  # ids are stored and aligned in sorted order
-    order = np.argsort(ids)
+    order = np.argsort(ids)  # ids are stored and aligned in sorted order; resampled within true classes
+    idx = resample_indices(N, B, task_seed("bugs", 7), strata=y[order])
+    codes = {v: i for i, v in enumerate(sorted(set(y) | {v for p in three_models().values() for v in p}))}
+    y_codes = np.array([codes[v] for v in y[order]])
     for name, pred in three_models().items():
         hits = (y[order] == pred[order])[idx].mean(axis=1)
-        low, high = np.quantile(hits, [0.05, 0.95])
+        est = bootstrap_ci("accuracy", y_codes, np.array([codes[v] for v in pred[order]]), idx, 0.9, strata=y_codes)
+        np.testing.assert_allclose(est.resamples, hits, rtol=0, atol=1e-12)
         cell = cells_by_model(board, "bugs")[name]
-        assert (cell.low, cell.high) == pytest.approx((low, high), abs=1e-12)
+        assert (cell.low, cell.high) == pytest.approx((est.low, est.high), abs=1e-12)
 
 
 def test_own_metric_column_macro_f1(store: Store) -> None:
@@ -313,7 +318,7 @@ def test_seeds_with_overlapping_test_sets_see_each_example_the_same_number_of_ti
             for name in ("strong", "weak"):
                 _add_seeded(s, "bugs", name, ids[rows], y[rows], models[name][rows], seed)
         board = build_leaderboard(s, n_resamples=B, seed=3)
-    every = ResampleCounts(resample_indices(N, B, task_seed("bugs", 3)))
+    every = ResampleCounts(resample_indices(N, B, task_seed("bugs", 3), strata=y))  # within true classes
     K = every.counts(N)
     codes = {n: np.searchsorted(CLASSES, v) for n, v in (("y", y), *models.items())}
     for name in ("strong", "weak"):
@@ -326,3 +331,56 @@ def test_seeds_with_overlapping_test_sets_see_each_example_the_same_number_of_ti
         cell = cells_by_model(board, "bugs")[name]
         assert cell.n_seeds == 3 and cell.n_test == N - 10
         assert cell.point == pytest.approx(np.mean([macro_f1(codes["y"][r], codes[name][r]) for r in keep.values()]))
+
+
+# ---------------------------------------------------------------------------------------------- ties
+
+
+def test_tie_level_follows_confidence(store: Store) -> None:
+    """``--confidence 0.9`` used to print 'p > 0.05': the tie test now runs at alpha = 1 - confidence unless alpha
+    is given, and the legend prints the level it used."""
+    board = build_leaderboard(store, n_resamples=B, confidence=0.9)
+    assert board.meta["alpha"] == 0.1 and board.meta["confidence"] == 0.9
+    legend = board.to_text().splitlines()[-1]
+    assert "[90% CI]" in legend and "family-wise error at most 0.1: adjusted p > 0.1)" in legend
+    assert "0.05" not in legend
+    assert all(c.is_best or c.tied == (c.pvalue > 0.1) for c in board.cells)
+    assert build_leaderboard(store, n_resamples=B).meta["alpha"] == 0.05  # not 0.050000000000000044
+    explicit = build_leaderboard(store, n_resamples=B, confidence=0.9, alpha=0.01)
+    assert explicit.meta["alpha"] == 0.01 and "adjusted p > 0.01)" in explicit.to_markdown()
+
+
+def test_report_cli_prints_the_level_used(store: Store, tmp_path: Path, capsys) -> None:
+    from lifebench.cli import main
+
+    assert main(["report", "--store", str(store.path), "--out", str(tmp_path), "--confidence", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "adjusted p > 0.1)" in out and "p > 0.05" not in out
+    assert json.loads((tmp_path / "leaderboard.json").read_text())["meta"]["alpha"] == 0.1
+
+
+def test_pvalues_are_the_max_t_test_on_the_shared_resamples(store: Store, tmp_path: Path) -> None:
+    """A twin of the strong model (same accuracy, errors on other examples) is tied with it; every cell's mark and
+    p-value, in the table and in the JSON and CSV files, is ``ties_with_best`` on the task's shared resamples."""
+    ids, y = truth()
+    strong = predict(y, np.random.default_rng(1).random(N) < 0.85, 2) == y
+    twin = np.random.default_rng(9).permutation(strong)
+    assert twin.sum() == strong.sum() and np.count_nonzero(twin != strong) > 80
+    add(store, "bugs", "twin", ids, y, predict(y, twin, 5))
+    board = build_leaderboard(store, n_resamples=B)
+    cells = cells_by_model(board, "bugs")
+    ests = {name: Estimate(point=c.point, low=c.low, high=c.high,
+                           resamples=board.resamples[("bugs", "accuracy", name, "logreg")])
+            for name, c in cells.items()}
+    best, tied, pvalues = ties_with_best(ests, alpha=0.05)
+    assert best == "strong" and tied == {"strong", "twin", "copy"}
+    assert cells["twin"].tied and cells["twin"].pvalue == pytest.approx(1.0, abs=0.01)
+    assert not cells["weak"].tied and cells["weak"].pvalue == pytest.approx(1 / (B + 1))
+    stored = {c["backbone"]: c for c in json.loads(board.to_json(tmp_path / "b.json").read_text())["cells"]}
+    with board.to_csv(tmp_path / "b.csv").open(encoding="utf-8") as fh:
+        rows = {r["backbone"]: r for r in csv.DictReader(fh)}
+    for name, c in cells.items():
+        assert c.is_best == (name == best) and c.tied == (name != best and name in tied)
+        want = None if name == best else pvalues[name]
+        assert c.pvalue == want and stored[name]["pvalue"] == want
+        assert rows[name]["pvalue"] == ("" if want is None else repr(want))

@@ -429,11 +429,94 @@ assert calls and calls[0][0] == "git", calls
 heavy = [m for m in ("torch", "torchvision", "timm", "transformers", "open_clip", "sklearn", "PIL") if m in sys.modules]
 assert not heavy, heavy
 assert prov["packages"]["torch"]
+# torch is not imported here, so its settings are not read; the subprocesses are git and platform.platform()'s
+# uname, none for the CPU, threads or BLAS
+assert prov["torch"] is None and prov["threads"]["torch"] is None, prov["threads"]
+assert [c for c in calls if c[0] not in ("git", "uname")] == [], calls
+assert prov["cpu"] and prov["threads"]["cpus"] == __import__("os").cpu_count()
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_collect_records_threads_cpu_blas_and_torch_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What changes floating-point sums between machines is recorded, read from the libraries themselves."""
+    import numpy
+    import threadpoolctl
+    import torch
+
+    for name in provenance_mod.THREAD_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        prov = collect(device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    json.dumps(prov)
+    threads = prov["threads"]
+    assert threads["torch"] == 1 and threads["torch_interop"] == torch.get_num_interop_threads()
+    assert threads["cpus"] == os.cpu_count() and threads["env"] == {"OMP_NUM_THREADS": "3"}
+    if hasattr(os, "sched_getaffinity"):
+        assert threads["cpus_usable"] == len(os.sched_getaffinity(0))
+    names = [ln.partition(":")[2].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+             if ln.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    assert prov["cpu"] == (names[0] if names else platform.machine())
+    t = prov["torch"]
+    assert t["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert t["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    config = torch.__config__.show()
+    assert f"BLAS_INFO={t['blas']}," in config and f"LAPACK_INFO={t['lapack']}," in config
+    blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    assert prov["blas"]["numpy"] == f"{blas['name']} {blas['version']}"
+    pools = threadpoolctl.threadpool_info()
+    assert sorted((b["api"], b["version"], b["file"]) for b in prov["blas"]["libraries"]) == sorted(
+        (p["internal_api"], p["version"], Path(p["filepath"]).name) for p in pools)
+    line = provenance_mod.machine_summary(prov)
+    assert line.startswith(f"{prov['cpu']} ({threads['cpus_usable'] or threads['cpus']} CPUs); torch 1 threads")
+    assert f"torch kernels {t['cpu_capability']}" in line and f"torch {t['blas']}" in line
+    assert "OMP_NUM_THREADS=3" in line and line.endswith("device cpu")
+
+
+def test_cpu_model_from_cpuinfo_else_platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert provenance_mod._cpu_model(info) == "AMD EPYC 9654 96-Core Processor"
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n")  # ARM: no model name
+    assert provenance_mod._cpu_model(info) == "aarch64"
+    assert provenance_mod._cpu_model(tmp_path / "missing") == "aarch64"
+
+
+def test_machine_summary_of_an_old_record_says_what_was_not_recorded() -> None:
+    old = {"device": "cuda:0 NVIDIA H100 80GB HBM3 (CUDA 12.4)", "hostname": "gpu7"}
+    assert provenance_mod.machine_summary(old) == (
+        "CPU not recorded (? CPUs); torch threads not recorded; BLAS not recorded; "
+        "device cuda:0 NVIDIA H100 80GB HBM3 (CUDA 12.4)")
+
+
+def test_a_run_stores_provenance_and_the_report_shows_where_it_ran(tmp_path: Path) -> None:
+    import torch
+
+    from conftest import make_folder
+    from lifebench.report import build_leaderboard
+    from lifebench.runner import RunOptions, expand, run_jobs
+    from lifebench.tasks import load_task
+
+    task = load_task(str(make_folder(tmp_path / "data")))
+    with Store(tmp_path / "s.sqlite") as store:
+        (result,) = run_jobs(expand([task], ["pixels"], ["simpleshot"]), store,
+                             RunOptions(cache_dir=tmp_path / "c", device="cpu", num_workers=0, show_progress=False))
+        prov = store.get(result.job.config_hash).provenance
+        board = build_leaderboard(store, n_resamples=50)
+    assert prov["threads"]["torch"] == torch.get_num_threads() and prov["cpu"]
+    assert prov["torch"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert prov["device"].startswith("cpu") and prov["blas"]["numpy"]
+    assert board.meta["machines"] == [provenance_mod.machine_summary(prov)]
 
 
 def test_optional_columns_round_trip(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_class_folders_without_split(tmp_path: Path) -> None:
     root = tmp_path / "beetles"
     make_classes(root, {"b": 8, "a": 4, "c": 3})
     write_image(root / "a" / "deeper" / "more" / "x.png")  # nested images count for their class folder
-    task = load_task(root)
+    task = load_task(root, test_size=0.25)  # without it, so small a folder is cross-fitted (test_small_samples.py)
     assert task.name == "beetles"
     assert task.source == str(root.resolve())
     assert (task.metric, task.protocol) == ("macro_f1", "logreg")
@@ -275,7 +275,7 @@ def test_csv_manifest_with_aliases_and_relative_paths(tmp_path: Path, monkeypatc
     rows = _images_for_manifest(base, {"wren": 4, "finch": 4})
     manifest = write_csv(base / "birds.csv", ["FilePath", " Species "], [list(r) for r in reversed(rows)])
     monkeypatch.chdir(tmp_path)  # relative paths must resolve against the manifest's folder, not the cwd
-    task = load_task("project/birds.csv")
+    task = load_task("project/birds.csv", test_size=0.25)
     assert task.name == "birds"
     assert task.source == str(manifest.resolve())
     assert task.classes == ("finch", "wren")
@@ -285,7 +285,7 @@ def test_csv_manifest_with_aliases_and_relative_paths(tmp_path: Path, monkeypatc
     assert split_counts(task)[1] == Counter(wren=1, finch=1)
     # row order does not change the task
     write_csv(base / "birds2.csv", ["path", "label"], [list(r) for r in rows])
-    again = load_task(base / "birds2.csv")
+    again = load_task(base / "birds2.csv", test_size=0.25)
     assert again.examples.ids.tolist() == task.examples.ids.tolist()
     assert again.test_idx.tolist() == task.test_idx.tolist()
 

@@ -82,12 +82,15 @@ def _add_bootstrap_options(p: argparse.ArgumentParser, *, seed: bool = False, co
     if seed:
         p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     if confidence:
-        p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+        p.add_argument("--confidence", type=float, default=0.95,
+                       help="interval level (default 0.95); where models are marked tied with the best, the tie test "
+                       "runs at family-wise error 1 - confidence (0.05)")
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=float, default=None,
-                   help="test fraction per class when the data names no split (default 0.25; demo tasks 0.5)")
+                   help="test fraction per class when the data names no split (default 0.25; demo tasks 0.5); "
+                   "folders of fewer than 400 images are cross-fitted in 5 folds unless this is given")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="K-fold cross-fitting instead of one split, for data without a given split: every image is "
                    "predicted once by a probe fit on the other folds (good for small collections)")
@@ -210,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="leaderboard with CIs from a results store",
                        description="Read every experiment in the store and write leaderboard.{md,csv,json}: "
                        "score [95%% CI] per model and task, the best marked and the models statistically tied "
-                       "with it (one-sided paired bootstrap, Holm-corrected).")
+                       "with it (paired bootstrap max test over all pairs, family-wise error 1 - confidence).")
     p.add_argument("--store", type=Path, default=None, help="results database (default as for 'run')")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: next to the store)")
     p.add_argument("--task", action="append", default=None, help="only these tasks; repeatable")
@@ -218,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score every task with this metric instead of its own (e.g. accuracy, top5_accuracy, "
                    "top1_accuracy or mean_ap for re-identification; see 'lifebench ls metrics')")
     _add_bootstrap_options(p, seed=True, confidence=True)
+    p.add_argument("--per-class", type=_at_least(1), nargs="?", const=5, default=None, metavar="N",
+                   help="also score every class (F1 with paired intervals, precision, recall) and each model's "
+                   "confusion matrix: per_class.csv, per_class.json, confusion/; print the best model's N lowest "
+                   "classes per task (default 5)")
+    p.add_argument("--compare", nargs=2, default=None, metavar="MODEL",
+                   help="size the test set that would resolve these two models (backbone or backbone/protocol) "
+                   "instead of the best and the runner-up of each task")
+    p.add_argument("--power", type=float, default=0.8,
+                   help="power the test-set size estimate is for (default 0.8)")
 
     p = sub.add_parser("merge", help="copy the experiments of other stores into one (no duplicates)",
                        description="Copy every experiment of each FROM store into INTO (created if missing). An "
@@ -389,6 +401,39 @@ def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None, 
         print(f"\nreport: {', '.join(str(p) for p in written.values())}")
 
 
+def _task_line(task) -> str:
+    """One line saying what a task holds and how it is split (``run`` and ``demo``)."""
+    import numpy as np
+
+    labels = task.examples.labels
+    names, counts = np.unique(labels, return_counts=True)
+    what = ", ".join(f"{c} {n}" for c, n in zip(names, counts, strict=True)) if len(names) <= 8 else \
+        f"{len(names)} classes"
+    split = task.split_source if task.folds is not None else \
+        f"{len(task.train_idx)} train / {len(task.test_idx)} test, {task.split_source}"
+    return f"task {task.name}: {len(labels)} images ({what}); {split}"
+
+
+def _print_accuracy(store, tasks, resamples: int) -> None:
+    """Accuracy of every model, and the share of the most common test class, per task: what a reader compares a
+    macro-F1 leaderboard against (a probe that always answers the majority class scores this accuracy). Tasks
+    scored on single labels only (not re-identification, per-part or multiple-choice tasks)."""
+    import numpy as np
+
+    from lifebench.report import build_leaderboard
+
+    tasks = [t for t in tasks if t.kind in ("plain", "folds")]
+    if not tasks:
+        return
+    acc = build_leaderboard(store, tasks=[t.name for t in tasks], n_resamples=resamples, metric="accuracy")
+    for task in tasks:
+        print("\naccuracy:" if len(tasks) == 1 else f"\naccuracy on {task.name}:")
+        for cell in sorted((c for c in acc.cells if c.task == task.name), key=lambda c: -c.point):
+            print(f"  {acc.label(cell.backbone, cell.protocol):<20} {cell.point:.3f} [{cell.low:.3f}, {cell.high:.3f}]")
+        test = task.examples.labels[task.test_idx]  # every image when cross-fitted
+        print(f"  {'(majority class)':<20} {np.unique(test, return_counts=True)[1].max() / test.size:.3f}")
+
+
 def _plan(args):
     """Validate a ``run`` (or one sweep's) arguments and expand them: ``(jobs, skipped tasks, store path)``.
 
@@ -449,8 +494,12 @@ def cmd_run(args, plan=None) -> int:
     from lifebench.store import Store
 
     jobs, skipped, store_path = plan or _plan(args)
+    described = "\n".join(_task_line(t) for t in {j.task.name: j.task for j in jobs
+                                                  if j.task.kind in ("plain", "folds")}.values())
     if args.dry_run:  # reads the store if there is one; writes nothing
         print(f"plan: {len(jobs)} jobs, {len(skipped)} tasks skipped; store {store_path}")
+        if described:
+            print(described)
         with Store(store_path) if Path(store_path).exists() else contextlib.nullcontext() as store:
             for job, what in plan_status(jobs, store, args.force):
                 print(f"  {what:<40} {job.label()}")
@@ -460,6 +509,8 @@ def cmd_run(args, plan=None) -> int:
     if not jobs:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped[:2])
         raise ConfigError(f"nothing to run: every task was skipped ({reasons}{'; ...' if len(skipped) > 2 else ''})")
+    if described:
+        print(described)
     with _new_store_removed_on_error(store_path), Store(store_path) as store:
         for name, why in skipped:
             log.info("skipping task %s: %s", name, why)
@@ -479,10 +530,11 @@ def cmd_run(args, plan=None) -> int:
               f"{time.perf_counter() - t0:.1f} s")
         for r in failed:
             print(f"  failed: {r.job.label()}: {r.error}")
-        scored = sorted({r.job.task.name for r in results if r.status in ("done", "skipped")})
+        scored = {r.job.task.name: r.job.task for r in results if r.status in ("done", "skipped")}
         if scored and not args.no_report:
-            _print_leaderboard(store, scored, args.resamples,
+            _print_leaderboard(store, sorted(scored), args.resamples,
                                args.report_dir or Path(store_path).parent)
+            _print_accuracy(store, [scored[name] for name in sorted(scored)], args.resamples)
     return 1 if failed else 0
 
 
@@ -533,10 +585,7 @@ def cmd_demo(args) -> int:
             print("note: the real-photo demo could not run here; the scores below are on generated shapes")
     if task is None:
         task = synthetic.load(data_dir())
-    s = task.summary()
-    counts = ", ".join(f"{c} {n}" for c, n in s["counts"].items())
-    split = s["split"] if task.folds is not None else f"{s['n_train']} train / {s['n_test']} test, {s['split']}"
-    print(f"task {task.name}: {s['n_images']} images ({counts}); {split}")
+    print(_task_line(task))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     with Store(out / "results.sqlite") as store:
@@ -549,15 +598,7 @@ def cmd_demo(args) -> int:
         print(f"{len(results) - n_skip} models evaluated, {n_skip} already in {out}/results.sqlite; "
               f"{n_img} images through a model")
         _print_leaderboard(store, [task.name], args.resamples, out)
-        from lifebench.report import build_leaderboard
-
-        acc = build_leaderboard(store, tasks=[task.name], n_resamples=args.resamples, metric="accuracy")
-        print("\naccuracy:")
-        for cell in sorted(acc.cells, key=lambda c: -c.point):
-            print(f"  {cell.backbone:<20} {cell.point:.3f} [{cell.low:.3f}, {cell.high:.3f}]")
-        majority = max(s["counts"].values()) / s["n_images"] if task.folds is not None else \
-            max(s["test_counts"].values()) / s["n_test"]
-        print(f"  {'(majority class)':<20} {majority:.3f}")
+        _print_accuracy(store, [task], args.resamples)
         print(f"\ntotal {time.perf_counter() - t0:.1f} s; results in {out}/")
     return 0
 
@@ -672,8 +713,13 @@ def cmd_report(args) -> int:
 
     with Store(store_path, create=False) as store:
         board = build_leaderboard(store, tasks=args.task, n_resamples=args.resamples, seed=args.seed,
-                                  confidence=args.confidence, metric=args.metric)
+                                  confidence=args.confidence, metric=args.metric,
+                                  per_class=args.per_class is not None, compare=args.compare, power=args.power)
         print(board.to_text())
+        if board.labels_needed:
+            print(board.labels_needed_text())
+        if board.per_class is not None:
+            print(board.per_class.to_text(args.per_class))
         written = board.write(args.out or Path(store_path).parent)
     print(f"\nreport: {', '.join(str(p) for p in written.values())}")
     return 0

@@ -35,8 +35,6 @@ MIN_MODELS = 3
 """Fewest models for any correlation; a task with fewer is left out (and listed)."""
 PAPER = ("BioBench (Stevens 2025, arXiv 2511.16315), 46 checkpoints: ImageNet-1K top-1 explains R² 0.34 of the "
          "ecology-suite variance, Spearman ρ 0.55, and mis-ranks 30% of model pairs above 75% ImageNet-1K accuracy.")
-WIDENED = "†"
-"""Marks an interval that excluded its point estimate and was widened to include it."""
 _NAMES = {"r2": "R²", "spearman": "Spearman ρ", "kendall_tau_b": "Kendall τ-b", "misranked": "mis-ranked"}
 
 
@@ -51,8 +49,6 @@ class SuiteRow:
     rank: int
     rank_low: int | None
     rank_high: int | None
-    widened: bool = False
-    """True when the percentile interval of the mean excluded it and was widened to include it."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +96,7 @@ class Analysis:
         rs = self.results
         return {
             "reference": self.reference, "suite": self.suite, "source": rs.source, "kind": rs.kind,
+            "resampled": rs.resampled, "labels": rs.labels(),
             "interval": self.interval, "n_boot": self.n_boot, "seed": self.seed, "confidence": self.confidence,
             "min_models": self.min_models, "models": self.suite_models, "vs_suite": self.vs_suite.as_dict(),
             "vs_task": {t: a.as_dict() for t, a in self.vs_task.items()},
@@ -130,15 +127,16 @@ class Analysis:
 
     def to_text(self) -> str:
         rs = self.results
-        label = rs.models
-        name = lambda m: label[m].label if m in label else m  # noqa: E731
+        labels = rs.labels()
+        name = lambda m: labels.get(m, m)  # noqa: E731
         lines = [
             f"Does {self.reference} rank predict the suite? {rs.source}",
+            f"Resampled: {rs.resampled}.",
             f"{len(self.suite_models)} models with every suite task; suite ({len(self.suite)}): "
             + ", ".join(self.suite),
             f"Intervals: {self.confidence * 100:g}% percentile, {self.interval}; {self.n_boot} resamples, seed "
-            f"{self.seed}; {WIDENED}: the interval excluded its point estimate and was widened to include it "
-            "(test-set noise pulls resampled correlations towards 0).", "",
+            f"{self.seed}; an interval can lie below its point estimate (test-set noise pulls resampled correlations "
+            "towards 0).", "",
             (f"{self.reference + ' against':<22} {'n':>3}  " + "  ".join(f"{_NAMES[k]:<21}" for k in STATISTICS)
              ).rstrip(),
         ]  # fmt: skip
@@ -166,10 +164,10 @@ class Analysis:
         lines += ["", "Suite mean (rank 1 = best" + ("" if rs.per_example else "; no interval: imported point "
                                                       "estimates") + "):"]
         for r in self.leaderboard:
-            ci = f" [{r.low:.3f}, {r.high:.3f}]{WIDENED if r.widened else ''}" if r.low is not None else ""
+            ci = f" [{r.low:.3f}, {r.high:.3f}]" if r.low is not None else ""
             ri = f" [{r.rank_low}-{r.rank_high}]" if r.rank_low is not None else ""
             lines.append(f"  {r.rank:>3}{ri:<9} {r.mean:.3f}{ci}  {name(r.model)}")
-        lines += ["", "Per task: best model (= tied with it: " + ("paired bootstrap, Holm)" if rs.per_example
+        lines += ["", "Per task: best model (= tied with it: " + ("paired bootstrap max test)" if rs.per_example
                                                                  else "as published by the source)")]
         for b in self.bests():
             ties = "" if b["ties"] is None else (f"; tied: {', '.join(name(m) for m in b['ties'])}" if b["ties"]
@@ -197,7 +195,7 @@ def _fmt_iv(iv) -> str:
         return "n/a"
     if iv.low is None:
         return f"{iv.point:.3f}"
-    return f"{iv.point:.3f} [{iv.low:.3f}, {iv.high:.3f}]{WIDENED if iv.widened else ''}"
+    return f"{iv.point:.3f} [{iv.low:.3f}, {iv.high:.3f}]"
 
 
 def default_thresholds(reference_scores: np.ndarray, step: float = 0.05) -> list[float]:
@@ -335,7 +333,7 @@ def analyze(
         row = SuiteRow(m, float(mean[i]), None, None, int(ranks[i]), None, None)
         if per_example:
             est = estimate(float(mean[i]), mean_draws[:, i], confidence)
-            row = dataclasses.replace(row, low=est.low, high=est.high, widened=est.widened)
+            row = dataclasses.replace(row, low=est.low, high=est.high)
         board.append(row)
     if per_example:
         rlow, rhigh = _rank_interval(mean_draws, confidence)
@@ -364,5 +362,4 @@ def analyze(
 
 
 def _label(results: ResultSet, model: str) -> str:
-    m = results.models.get(model)
-    return m.label if m else model
+    return results.labels().get(model, model)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lifebench.analysis.analyze import _NAMES, PAPER, WIDENED, Analysis
+from lifebench.analysis.analyze import _NAMES, PAPER, Analysis
 from lifebench.analysis.stats import STATISTICS, Agreement, Interval
 from lifebench.errors import ConfigError, MissingDependencyError
 from lifebench.fsutil import atomic_write
@@ -73,12 +73,7 @@ def _num(v: float | None, digits: int = 3) -> str:
 def _iv(iv: Interval) -> str:
     if iv.low is None:
         return _num(iv.point)
-    return f"{_num(iv.point)} <span class=ci>[{_num(iv.low)}, {_num(iv.high)}]{_widened(iv.widened)}</span>"
-
-
-def _widened(flag: bool) -> str:
-    return f"<span title='the interval excluded its point estimate and was widened to include it'>{WIDENED}</span>" \
-        if flag else ""
+    return f"{_num(iv.point)} <span class=ci>[{_num(iv.low)}, {_num(iv.high)}]</span>"
 
 
 def _agreement_row(title: str, a: Agreement | None, extra: str = "") -> str:
@@ -115,9 +110,10 @@ def _leaderboard(a: Analysis) -> str:
     heads += [f"<th data-type=num data-first=desc title='{esc(t)}'>{esc(rs.tasks[t])}"
               f"{' <small>(reference)</small>' if t == a.reference else ''}</th>" for t in tasks]
     body = []
+    labels = rs.labels()
     for m in models:
         info = rs.models.get(m)
-        label = info.label if info else m
+        label = labels.get(m, m)
         family = (info.family if info else None) or ""
         r = suite_rows.get(m)
         if r is None:
@@ -125,7 +121,7 @@ def _leaderboard(a: Analysis) -> str:
         else:
             ri = f" <span class=ci>[{r.rank_low}–{r.rank_high}]</span>" if r.rank_low is not None else ""
             rank_cell = f"<td data-v='{r.rank}'>{r.rank}{ri}</td>"
-            ci = f" <span class=ci>[{_num(r.low)}, {_num(r.high)}]{_widened(r.widened)}</span>" \
+            ci = f" <span class=ci>[{_num(r.low)}, {_num(r.high)}]</span>" \
                 if r.low is not None else ""
             mean_cell = f"<td data-v='{r.mean:.6f}' class=suite>{_num(r.mean)}{ci}</td>"
         cells = [rank_cell,
@@ -149,7 +145,7 @@ def _leaderboard(a: Analysis) -> str:
             if rank and rank[1] is not None:
                 tip += f" [{rank[1]}–{rank[2]}]"
             if s.pvalue is not None:
-                tip += f"; p = {s.pvalue:.3g} against the best (Holm)"
+                tip += f"; adjusted p = {s.pvalue:.3g} (max test)"
             cells.append(f"<td data-v='{s.point:.6f}' class='{cls}' title='{esc(tip)}'>{_num(s.point)}{ci}{mark}</td>")
         search = esc(f"{label} {m} {family}".lower())
         body.append(f"<tr data-search='{search}' data-family='{esc(family)}'>{''.join(cells)}</tr>")
@@ -170,8 +166,8 @@ def _legend(a: Analysis) -> str:
         how = (f"{a.confidence * 100:g}% percentile bootstrap intervals over each task's test examples "
                f"({a.n_boot} resamples shared by all models of a task); the suite mean's interval and the rank "
                "intervals come from the joint bootstrap (each resample averages the tasks' resampled scores). "
-               "★ best on the task; ≈ not significantly worse than the best (one-sided paired bootstrap test, "
-               "Holm-adjusted).")
+               "★ best on the task; ≈ not significantly worse than the best (step-down paired bootstrap max "
+               f"test over all pairs of models, family-wise error at most {1 - a.confidence:.2g}).")
     else:
         how = ("Imported point estimates without per-example predictions: task intervals and ties are the "
                "source's own (★ best, ≈ tied, where the source publishes them); the suite mean has no interval "
@@ -262,6 +258,7 @@ def render_html(analysis: Analysis, plots: dict[str, dict[str, Any]] | None = No
 <h1>{esc(title)}</h1>
 <p class=meta>Source: {esc(rs.source)} · {esc(rs.kind)} · {len(a.suite_models)} models with every suite task ·
 suite ({len(a.suite)}): {esc(", ".join(rs.tasks.get(t, t) for t in a.suite))} · generated {esc(generated)}</p>
+<p class=meta id=resampled>Resampled: {esc(rs.resampled)}.</p>
 <nav><a href="#agreement">agreement</a> · <a href="#sweep">threshold sweep</a> · <a href="#stability">stability</a>
 · <a href="#leaderboard">leaderboard</a> · <a href="#plots">plots</a> · <a href="#excluded">excluded</a>
 · <a href="#provenance">provenance</a></nav>
@@ -271,8 +268,8 @@ suite ({len(a.suite)}): {esc(", ".join(rs.tasks.get(t, t) for t in a.suite))} ·
 <h2>Rank agreement of {esc(ref)} with the suite</h2>
 <p class=note>Point estimate [{a.confidence * 100:g}% interval]: {esc(a.interval)}; {a.n_boot} resamples, seed {a.seed}.
 R²: squared Pearson correlation; Spearman ρ: correlation of average ranks; Kendall τ-b: tie-corrected pair
-agreement; mis-ranked: discordant / (concordant + discordant) model pairs. {WIDENED}: the interval excluded its point
-estimate and was widened to include it (test-set noise pulls resampled correlations towards 0). Definitions:
+agreement; mis-ranked: discordant / (concordant + discordant) model pairs. An interval can lie below its point
+estimate (test-set noise pulls resampled correlations towards 0). Definitions:
 docs/analysis.md.</p>
 {agreement}
 <p class=paper>For context: {esc(PAPER)}</p>
@@ -316,8 +313,7 @@ docs/analysis.md.</p>
 
 
 def _label(a: Analysis, model: str) -> str:
-    m = a.results.models.get(model)
-    return m.label if m else model
+    return a.results.labels().get(model, model)
 
 
 _CSS = """

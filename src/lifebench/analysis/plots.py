@@ -66,7 +66,8 @@ def write_plots(analysis: Any, out_dir: str | os.PathLike[str]) -> dict[str, dic
 
 
 def _labels(a: Any, models: list[str]) -> list[str]:
-    return [a.results.models[m].label if m in a.results.models else m for m in models]
+    labels = a.results.labels()
+    return [labels.get(m, m) for m in models]
 
 
 def _suite_mean(a: Any) -> dict[str, Any]:

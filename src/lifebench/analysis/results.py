@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,11 @@ import numpy as np
 
 from lifebench.errors import ConfigError, DataError
 from lifebench.fsutil import atomic_write
+from lifebench.store.provenance import machine_summary
 from lifebench.store.sqlite import reads_store
 from lifebench.tasks.folder import read_csv
 
-__all__ = ["EXPORT_SCHEMA", "Model", "ResultSet", "Score", "from_store", "load_results"]
+__all__ = ["EXPORT_SCHEMA", "Model", "ResultSet", "Score", "from_store", "load_results", "unique_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,38 @@ class Model:
 
     @property
     def label(self) -> str:
+        """The source's display name, which other models may share; :func:`unique_labels` tells them apart."""
         return self.display or self.name
+
+
+def unique_labels(models: Iterable[Model]) -> dict[str, str]:
+    """Model name -> a label no other model has.
+
+    Sources give one display name to several checkpoints: BioBench's results.json calls ViT-B-16-SigLIP at
+    224, 256, 384 and 512 px all "SigLIP ViT-B/16", and two ResNet-18 checkpoints at 288 px both "ResNet-18".
+    A table, tie list or plot with two identical labels cannot be read, so a shared display name gets the
+    resolution where that tells the models apart, and the checkpoint name where it does not.
+    """
+    models = list(models)
+    groups: dict[str, list[Model]] = {}
+    for m in models:
+        groups.setdefault(m.label, []).append(m)
+    out: dict[str, str] = {}
+    for label, group in groups.items():
+        if len(group) == 1:
+            out[group[0].name] = label
+            continue
+        resolutions = Counter(m.resolution for m in group)
+        for m in group:
+            extra = []
+            if m.resolution is not None and len(resolutions) > 1:
+                extra.append(f"{m.resolution} px")
+            if (m.resolution is None or resolutions[m.resolution] > 1) and m.name != label:
+                extra.append(m.name)
+            out[m.name] = f"{label} ({', '.join(extra)})" if extra else label
+    clash = Counter(out.values())  # a made-up label can equal another model's own display name
+    by_name = {m.name: m for m in models}
+    return {n: f"{by_name[n].label} ({n})" if clash[v] > 1 and v != by_name[n].label else v for n, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -113,17 +146,56 @@ class ResultSet:
     def kind(self) -> str:
         return "per-example predictions" if self.per_example else "point estimates (no per-example predictions)"
 
+    def labels(self) -> dict[str, str]:
+        """Model name -> its unique label (:func:`unique_labels`) for every model with a score or metadata."""
+        known = dict(self.models)
+        for s in self.scores:
+            known.setdefault(s.model, Model(s.model))
+        return unique_labels(known.values())
+
+    @property
+    def resampled(self) -> str:
+        """What the source holds and what the analysis's intervals resample, in one sentence for headers.
+
+        Imported files hold one score per model and task, so the analysis can resample only the models: its
+        intervals leave out test-set noise and cannot pair models image by image. The per-task intervals and
+        ties shown are the source's own, drawn by its own method (BioBench's macro-F1 tasks redraw the test
+        images for each model, so their "ties" are unpaired: reporting.py bootstrap_scores_macro_f1)."""
+        if self.per_example:
+            return ("lifebench store, per-example predictions: intervals resample each task's test images (the "
+                    "same resamples for every model, so models are paired) and, for statistics over models, the "
+                    "models")
+        parts = []
+        for fmt in dict.fromkeys(str(p["format"]) for p in self.provenance if p.get("format")):
+            if fmt == "BioBench results.json":
+                meta = next(p for p in self.provenance if p.get("format") == fmt)
+                parts.append(f"BioBench results (per-task intervals and ties as published: "
+                             f"{meta.get('n_bootstraps', '?')} bootstrap resamples of each task's test images, "
+                             f"Holm at alpha {meta.get('alpha', '?')}; its macro-F1 tasks redraw the images for "
+                             "each model, so their ties are unpaired)")
+            elif fmt == "CLIP_benchmark":
+                parts.append("CLIP_benchmark results (point scores only: no intervals or ties)")
+            elif fmt == EXPORT_SCHEMA:
+                parts.append("a lifebench export (per-task intervals and ties from the analysis that wrote it)")
+            else:
+                parts.append(fmt)
+        return ("imported " + ("; ".join(parts) or "results") + ". Per-model scores only, no per-example "
+                "predictions: intervals here resample the models, not the test images, so they leave out "
+                "test-set noise and models are not paired")
+
     # ------------------------------------------------------------------------------------------ export
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per score with the model's metadata, the columns of every export."""
         suite = set(self.suite)
+        labels = self.labels()
         out = []
         for s in self.scores:
             m = self.models.get(s.model, Model(s.model))
             out.append({
                 "task": s.task, "task_display": self.tasks.get(s.task, s.task), "in_suite": s.task in suite,
-                "model": s.model, "display": m.display or s.model, "family": m.family, "params": m.params,
+                "model": s.model, "label": labels.get(s.model, s.model), "display": m.display or s.model,
+                "family": m.family, "params": m.params,
                 "resolution": m.resolution, "release": m.release, "metric": s.metric, "point": s.point,
                 "low": s.low, "high": s.high, "is_best": s.is_best, "tied": s.tied, "pvalue": s.pvalue,
                 "source": s.source, "kind": self.kind,
@@ -156,8 +228,8 @@ class ResultSet:
             "schema": EXPORT_SCHEMA, "source": self.source, "kind": self.kind, "meta": self.meta,
             "suite": self.suite, "tasks": [{"name": k, "display": v} for k, v in self.tasks.items()],
             "models": [dataclasses.asdict(m) for m in self.models.values()],
-            "results": [{k: _finite(r[k]) for k in ("task", "model", "metric", "point", "low", "high", "is_best",
-                                                     "tied", "pvalue", "source")} for r in rows],
+            "results": [{k: _finite(r[k]) for k in ("task", "model", "label", "metric", "point", "low", "high",
+                                                     "is_best", "tied", "pvalue", "source")} for r in rows],
             "notes": self.notes,
         }  # fmt: skip
         text = json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"
@@ -172,7 +244,7 @@ def _export_types() -> dict[str, Any]:
     import pyarrow as pa
 
     s, f, b = pa.string(), pa.float64(), pa.bool_()
-    return {"task": s, "task_display": s, "in_suite": b, "model": s, "display": s, "family": s, "params": f,
+    return {"task": s, "task_display": s, "in_suite": b, "model": s, "label": s, "display": s, "family": s, "params": f,
             "resolution": pa.int64(), "release": s, "metric": s, "point": f, "low": f, "high": f, "is_best": b,
             "tied": b, "pvalue": f, "source": s, "kind": s}
 
@@ -187,7 +259,7 @@ def _finite(v: object) -> object:
 @reads_store
 def from_store(
     store: Any, *, tasks: Sequence[str] | None = None, n_resamples: int = 1000, seed: int = 0,
-    confidence: float = 0.95, alpha: float = 0.05,
+    confidence: float = 0.95, alpha: float | None = None,
 ) -> ResultSet:
     """Every stored model's score on every task, with paired bootstrap intervals, ties and resamples.
 
@@ -226,7 +298,8 @@ def from_store(
             "task": e.task, "model": board.label(e.backbone, e.protocol), "seed": e.seed, "n_train": e.n_train,
             "created": dt.datetime.fromtimestamp(e.created_at or 0, dt.UTC).isoformat(timespec="seconds"),
             "lifebench": p.get("lifebench"), "git_commit": p.get("git_commit"), "git_dirty": p.get("git_dirty"),
-            "hostname": p.get("hostname"), "device": p.get("device"), "python": p.get("python"),
+            "hostname": p.get("hostname"), "device": p.get("device"), "machine": machine_summary(p),
+            "python": p.get("python"),
             "packages": p.get("packages") or {}, "platform": p.get("platform"),
         })  # fmt: skip
     return ResultSet(

@@ -45,12 +45,10 @@ class Interval:
     high: float | None = None
     n_valid: int = 0
     """Resamples on which the statistic was defined."""
-    widened: bool = False
-    """True when the percentile interval excluded the point estimate and was widened to include it."""
 
     def as_dict(self) -> dict[str, float | int | bool | None]:
         return {"point": _finite(self.point), "low": _finite(self.low), "high": _finite(self.high),
-                "n_valid": self.n_valid, "widened": self.widened}
+                "n_valid": self.n_valid}
 
 
 @dataclass(frozen=True)
@@ -142,12 +140,12 @@ def statistics(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _interval(point: float, draws: np.ndarray, confidence: float) -> Interval:
-    """The percentile interval of the defined ``draws``, widened (and flagged) to contain ``point``."""
+    """The percentile interval of the defined ``draws`` (it may exclude ``point``; see :func:`agreement`)."""
     n_valid = int(np.isfinite(draws).sum())
     if n_valid == 0:
         return Interval(point, None, None, 0)
     est = estimate(point, draws, confidence)
-    return Interval(point, _finite(est.low), _finite(est.high), n_valid, est.widened)
+    return Interval(point, _finite(est.low), _finite(est.high), n_valid)
 
 
 def agreement(
@@ -168,7 +166,7 @@ def agreement(
     instead of the point scores, so the interval covers both which models were evaluated and test-set noise.
     That noise also pulls the resampled R², ρ and τ towards 0 (two noisy score vectors agree less than the
     full-test-set ones), so with few models or close scores the interval can lie below the point estimate:
-    it is then widened to contain it and flagged (``Interval.widened``), as everywhere in lifebench.
+    it is reported as it is, not widened to contain the point.
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape:

@@ -10,7 +10,13 @@ Every metric comes in two forms:
 Class-averaged metrics (balanced accuracy, macro-F1) average over the classes present in ``y_true``
 (the WILDS convention): a predicted class that never occurs in the labels is not averaged, it only
 costs the recall of the true classes it was predicted for. In a resample, "present" means present in
-that resample's labels.
+that resample's labels; with resamples drawn within true classes (``resample_indices(..., strata=y_true)``,
+what the leaderboard does) every class keeps its support, so the averaged class set is that of the test set.
+
+Each metric with a cheap leave-one-out form also has ``metric_jackknife(y_true, y_pred)``: the metric with each
+example left out in turn, shape ``(n,)``. For the count metrics it comes from the confusion counts in O(n): leaving
+out an example changes one confusion cell, hence at most two classes' terms. :mod:`lifebench.metrics.bootstrap`
+turns it into the acceleration of a BCa interval.
 
 The resampled forms never loop over ``B`` in Python: per-class counts of all resamples come from one
 ``np.bincount`` on ``b * C + class``. Rows are processed in chunks of about ``_CHUNK_ELEMENTS`` index
@@ -35,16 +41,24 @@ __all__ = [
     "Metric",
     "ResampleCounts",
     "accuracy",
+    "accuracy_jackknife",
+    "accuracy_flip",
     "accuracy_resampled",
     "accuracy_resampled_many",
     "balanced_accuracy",
+    "balanced_accuracy_jackknife",
+    "balanced_accuracy_flip",
     "balanced_accuracy_resampled",
     "balanced_accuracy_resampled_many",
     "get_metric",
     "macro_f1",
+    "macro_f1_jackknife",
+    "macro_f1_flip",
     "macro_f1_resampled",
     "macro_f1_resampled_many",
     "top_k_accuracy",
+    "top_k_accuracy_jackknife",
+    "top_k_accuracy_flip",
     "top_k_accuracy_resampled",
     "top_k_accuracy_resampled_many",
 ]
@@ -118,13 +132,19 @@ class ResampleCounts:
     ``K``'s rows grouped by true class (all models together) and their false positives from one sparse product
     over each model's wrong predictions; the per-class support shared by every model is computed once. Results
     equal the index path's (counts and their sums are exact in float32 below 2**24 examples).
+
+    ``strata`` names the groups the resamples were drawn within (``resample_indices(..., strata=...)``), one code
+    per example, or None for plain resampling; interval methods read it (a BCa acceleration is computed within
+    strata), the resampled metrics do not need it.
     """
 
-    def __init__(self, idx: object | None = None, *, counts: np.ndarray | None = None) -> None:
+    def __init__(self, idx: object | None = None, *, counts: np.ndarray | None = None,
+                 strata: np.ndarray | None = None) -> None:
         """From the index matrix ``idx`` (B, m), or from a count matrix ``counts`` (n, B) (see :meth:`subset`)."""
         if (idx is None) == (counts is None):
             raise ValueError("give ResampleCounts an index matrix or a count matrix, not both or neither")
         self.idx = None if idx is None else np.asarray(idx)
+        self.strata = None if strata is None else np.asarray(strata)
         self._counts: dict[int, np.ndarray] = {} if counts is None else {counts.shape[0]: counts}
         self._totals: dict[int, np.ndarray] = {}
         self._support: dict[tuple[int, int, bytes], np.ndarray] = {}
@@ -147,8 +167,14 @@ class ResampleCounts:
 
         Test sets that share examples (few-shot folds, training-set subsamples, repeated seeds) are resampled
         together this way, so that averaging their scores resample by resample does not average away the sampling
-        noise of the examples they share. Only count-based metrics (those with a ResampleCounts path) use it."""
-        return ResampleCounts(counts=self.counts(self.n)[np.asarray(rows)])
+        noise of the examples they share. Only count-based metrics (those with a ResampleCounts path) use it.
+
+        Resamples drawn within strata keep their strata, but within a subset a stratum's number of draws varies
+        (it is fixed only over the whole test set), so the subset's resampling is close to, not exactly,
+        stratified."""
+        rows = np.asarray(rows)
+        return ResampleCounts(counts=self.counts(self.n)[rows],
+                              strata=None if self.strata is None else self.strata[rows])
 
     def counts(self, n: int) -> np.ndarray:
         """``K``: shape ``(n, B)`` float32 copies of each of ``n`` examples in each resample (exact: the counts are
@@ -278,17 +304,82 @@ def _mean_over_present(per_class: np.ndarray, support: np.ndarray) -> np.ndarray
         return per_class.sum(axis=1) / np.count_nonzero(support, axis=1)
 
 
+def _recall(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per-class recall; 0 for a class without support (which has no true positives either)."""
+    return tp / np.maximum(support, 1)
+
+
+def _f1(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per-class F1 = 2 tp / (2 tp + fp + fn) = 2 tp / (support + predicted); 0 for a class without support."""
+    return 2.0 * tp / np.maximum(support + predicted, 1)
+
+
+_PerClass = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def _recall_mean(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    recall = tp / np.maximum(support, 1)
-    return _mean_over_present(recall, support)
+    return _mean_over_present(_recall(tp, support, predicted), support)
 
 
 def _f1_mean(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    # F1 = 2 tp / (2 tp + fp + fn) = 2 tp / (support + predicted); support > 0 for every averaged class.
-    return 2.0 * _mean_over_present(tp / np.maximum(support + predicted, 1), support)
+    return _mean_over_present(_f1(tp, support, predicted), support)
 
 
 _CountsReducer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _confusion_cells(yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(j, k, inverse, tp, support, predicted)``: the occupied confusion cells (true ``j``, predicted ``k``), each
+    example's cell, and the per-class counts, as float64."""
+    n_classes = int(max(yt.max(), yp.max())) + 1
+    cell_of = yt.astype(np.int64) * n_classes + yp
+    if n_classes**2 <= 1 << 22:  # the occupied cells by counting, not sorting
+        cells = np.flatnonzero(np.bincount(cell_of, minlength=n_classes**2))
+        position = np.zeros(n_classes**2, dtype=np.int64)
+        position[cells] = np.arange(cells.size)
+        inverse = position[cell_of]
+    else:
+        cells, inverse = np.unique(cell_of, return_inverse=True)
+    tp = np.bincount(yt[yt == yp], minlength=n_classes).astype(np.float64)
+    support = np.bincount(yt, minlength=n_classes).astype(np.float64)
+    predicted = np.bincount(yp, minlength=n_classes).astype(np.float64)
+    return cells // n_classes, cells % n_classes, inverse, tp, support, predicted
+
+
+def _count_jackknife(y_true: object, y_pred: object, per_class: _PerClass) -> np.ndarray:
+    """Leave-one-out values of the mean of ``per_class(tp, support, predicted)`` over the present classes: entry
+    ``i`` is the metric on the test set without example ``i``, shape ``(n,)`` (NaN where nothing is left).
+
+    Leaving out an example of true class ``j`` predicted as ``k`` lowers ``support[j]`` and ``predicted[k]`` by
+    one (and ``tp[j]`` when ``j == k``), so only the terms of classes ``j`` and ``k`` change, and ``j`` leaves the
+    average when it was its only example. One evaluation per distinct confusion cell, then a lookup: O(n)."""
+    j, k, inverse, tp, support, predicted = _confusion_cells(*_pair(y_true, y_pred))
+    terms = per_class(tp, support, predicted)
+    same = (j == k).astype(np.float64)
+    total = terms.sum() - terms[j] + per_class(tp[j] - same, support[j] - 1, predicted[j] - same)
+    other = j != k  # class k loses one prediction (a no-op for a class never true: its term stays 0)
+    total[other] += per_class(tp[k[other]], support[k[other]], predicted[k[other]] - 1) - terms[k[other]]
+    present = np.count_nonzero(support) - (support[j] == 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (total / present)[inverse]
+
+
+def _count_flip(y_true: object, y_pred: object, per_class: _PerClass) -> np.ndarray:
+    """The change of the mean of ``per_class(tp, support, predicted)`` over the present classes when example ``i``'s
+    outcome flips, shape ``(n,)``: a hit of class ``j`` becomes a miss to no averaged class (``tp[j]`` and
+    ``predicted[j]`` down one), a miss ``(j, k)`` becomes a hit (``tp[j]`` and ``predicted[j]`` up one,
+    ``predicted[k]`` down one). Negative for a hit, positive for a miss. O(n), one evaluation per cell.
+
+    Why: the jackknife of a class whose test examples are all right (or all wrong) is constant, so it shows no
+    variance, however few the examples; the flip says what one different outcome would have been worth, for the
+    variance floor of :func:`lifebench.metrics.bootstrap.smoothed_variance`."""
+    j, k, inverse, tp, support, predicted = _confusion_cells(*_pair(y_true, y_pred))
+    terms = per_class(tp, support, predicted)
+    step = np.where(j == k, -1.0, 1.0)
+    change = per_class(tp[j] + step, support[j], predicted[j] + step) - terms[j]
+    other = j != k
+    change[other] += per_class(tp[k[other]], support[k[other]], predicted[k[other]] - 1) - terms[k[other]]
+    return (change / np.count_nonzero(support))[inverse]
 
 
 def _pointwise_from_counts(y_true: object, y_pred: object, reduce: _CountsReducer) -> float:
@@ -371,6 +462,27 @@ def accuracy_resampled_many(y_true: object, preds: Sequence[object], idx: Resamp
     return idx.hit_rates(np.stack([np.equal(*_pair(y_true, p)) for p in preds]))
 
 
+def _hits_jackknife(hits: np.ndarray) -> np.ndarray:
+    """Leave-one-out hit rates: (hits - hit_i) / (n - 1); NaN for a one-example test set."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.count_nonzero(hits) - hits) / (hits.size - 1.0)
+
+
+def accuracy_jackknife(y_true: object, y_pred: object) -> np.ndarray:
+    """:func:`accuracy` with each example left out in turn, shape ``(n,)``."""
+    return _hits_jackknife(np.equal(*_pair(y_true, y_pred)))
+
+
+def _hits_flip(hits: np.ndarray) -> np.ndarray:
+    """A hit rate's change when one example's outcome flips: -1/n for a hit, +1/n for a miss."""
+    return np.where(hits, -1.0, 1.0) / hits.size
+
+
+def accuracy_flip(y_true: object, y_pred: object) -> np.ndarray:
+    """:func:`accuracy`'s change when example ``i``'s outcome flips (hit to miss or back), shape ``(n,)``."""
+    return _hits_flip(np.equal(*_pair(y_true, y_pred)))
+
+
 def balanced_accuracy(y_true: object, y_pred: object) -> float:
     """Mean per-class recall over the classes present in ``y_true``."""
     return _pointwise_from_counts(y_true, y_pred, _recall_mean)
@@ -384,6 +496,16 @@ def balanced_accuracy_resampled(y_true: object, y_pred: object, idx: object) -> 
 def balanced_accuracy_resampled_many(y_true: object, preds: Sequence[object], idx: ResampleCounts) -> np.ndarray:
     """:func:`balanced_accuracy_resampled` of each model in ``preds``, shape (models, B)."""
     return _resampled_many_from_counts(y_true, preds, idx, _recall_mean)
+
+
+def balanced_accuracy_jackknife(y_true: object, y_pred: object) -> np.ndarray:
+    """:func:`balanced_accuracy` with each example left out in turn, shape ``(n,)``: O(n) from confusion counts."""
+    return _count_jackknife(y_true, y_pred, _recall)
+
+
+def balanced_accuracy_flip(y_true: object, y_pred: object) -> np.ndarray:
+    """:func:`balanced_accuracy`'s change when example ``i``'s outcome flips, shape ``(n,)`` (:func:`_count_flip`)."""
+    return _count_flip(y_true, y_pred, _recall)
 
 
 def macro_f1(y_true: object, y_pred: object) -> float:
@@ -404,6 +526,16 @@ def macro_f1_resampled(y_true: object, y_pred: object, idx: object) -> np.ndarra
 def macro_f1_resampled_many(y_true: object, preds: Sequence[object], idx: ResampleCounts) -> np.ndarray:
     """:func:`macro_f1_resampled` of each model in ``preds``, shape (models, B)."""
     return _resampled_many_from_counts(y_true, preds, idx, _f1_mean)
+
+
+def macro_f1_jackknife(y_true: object, y_pred: object) -> np.ndarray:
+    """:func:`macro_f1` with each example left out in turn, shape ``(n,)``: O(n) from confusion counts."""
+    return _count_jackknife(y_true, y_pred, _f1)
+
+
+def macro_f1_flip(y_true: object, y_pred: object) -> np.ndarray:
+    """:func:`macro_f1`'s change when example ``i``'s outcome flips, shape ``(n,)`` (:func:`_count_flip`)."""
+    return _count_flip(y_true, y_pred, _f1)
 
 
 def top_k_accuracy(y_true: object, topk: object, k: int) -> float:
@@ -431,6 +563,18 @@ def top_k_accuracy_resampled_many(y_true: object, topks: Sequence[object], idx: 
     return idx.hit_rates(np.stack(hits))
 
 
+def top_k_accuracy_jackknife(y_true: object, topk: object, k: int) -> np.ndarray:
+    """:func:`top_k_accuracy` with each example left out in turn, shape ``(n,)``."""
+    yt, tk = _topk(y_true, topk, k)
+    return _hits_jackknife((tk[:, :k] == yt[:, None]).any(axis=1))
+
+
+def top_k_accuracy_flip(y_true: object, topk: object, k: int) -> np.ndarray:
+    """:func:`top_k_accuracy`'s change when example ``i``'s outcome flips, shape ``(n,)``."""
+    yt, tk = _topk(y_true, topk, k)
+    return _hits_flip((tk[:, :k] == yt[:, None]).any(axis=1))
+
+
 # --------------------------------------------------------------------------------------------------------
 # registry
 
@@ -450,6 +594,14 @@ class Metric:
     resampled_many_fn:
         Optional ``resampled_many_fn(y_true, [y_pred_or_topk, ...], counts) -> (models, B)``: the same for many
         models on one :class:`ResampleCounts`, faster than one call per model.
+    jackknife_fn:
+        Optional ``jackknife_fn(y_true, y_pred_or_topk) -> (n,)``: the metric with each resampled unit left out in
+        turn, cheap enough for every model of a report. It gives the acceleration of the BCa interval; a metric
+        without it gets a bias-corrected percentile interval (acceleration 0).
+    flip_fn:
+        Optional ``flip_fn(y_true, y_pred_or_topk) -> (n,)``: the metric's change when each example's outcome flips
+        (negative for a hit turned miss, positive for a miss turned hit). It gives the variance floor of classes
+        whose test examples are all right or all wrong (:func:`lifebench.metrics.bootstrap.smoothed_variance`).
     higher_is_better:
         Direction used when ranking models.
     needs:
@@ -467,6 +619,8 @@ class Metric:
     needs: str = "pred"
     description: str = ""
     resampled_many_fn: Callable[[np.ndarray, Sequence[np.ndarray], ResampleCounts], np.ndarray] | None = None
+    jackknife_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    flip_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.needs not in ("pred", "topk", "parts") and not self.needs.startswith("extra:"):
@@ -487,7 +641,8 @@ def _register(metric: Metric) -> None:
 
 
 _register(Metric("accuracy", accuracy, accuracy_resampled, description="top-1 accuracy",
-                 resampled_many_fn=accuracy_resampled_many))
+                 resampled_many_fn=accuracy_resampled_many, jackknife_fn=accuracy_jackknife,
+                 flip_fn=accuracy_flip))
 _register(
     Metric(
         "balanced_accuracy",
@@ -495,6 +650,8 @@ _register(
         balanced_accuracy_resampled,
         description="mean per-class recall over the classes present in the labels",
         resampled_many_fn=balanced_accuracy_resampled_many,
+        jackknife_fn=balanced_accuracy_jackknife,
+        flip_fn=balanced_accuracy_flip,
     )
 )
 _register(
@@ -504,6 +661,8 @@ _register(
         macro_f1_resampled,
         description="mean per-class F1 over the classes present in the labels (WILDS convention)",
         resampled_many_fn=macro_f1_resampled_many,
+        jackknife_fn=macro_f1_jackknife,
+        flip_fn=macro_f1_flip,
     )
 )
 _register(
@@ -514,6 +673,8 @@ _register(
         needs="topk",
         description="true class among the 5 highest-ranked predictions",
         resampled_many_fn=functools.partial(top_k_accuracy_resampled_many, k=5),
+        jackknife_fn=functools.partial(top_k_accuracy_jackknife, k=5),
+        flip_fn=functools.partial(top_k_accuracy_flip, k=5),
     )
 )
 

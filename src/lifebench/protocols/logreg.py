@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
 from sklearn.utils import check_random_state
 
 from lifebench.errors import ConfigError, DataError
@@ -101,6 +103,35 @@ def _stratified_holdout(
         val_parts.append(members[:n_val])
         fit_parts.append(members[n_val:])
     return np.sort(np.concatenate(fit_parts)), np.sort(np.concatenate(val_parts))
+
+
+def _stratified_folds(
+    codes: np.ndarray, n_classes: int, n_folds: int, rng: np.random.RandomState
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(fitting part, validation part)`` of each fold of a stratified k-fold split; empty when nothing can be
+    validated.
+
+    The folds are scikit-learn's ``StratifiedKFold(k, shuffle=True, random_state=rng)`` over the classes with two
+    or more examples, so that ``LogisticRegressionCV`` given the same splitter scores the same folds. A class with
+    one example is in every fitting part and no validation part: a fold whose fitting part lacked a class would
+    have no data for that class's unpenalised intercept, which then runs off to minus infinity.
+
+    ``k = min(n_folds, largest class)``, not the smallest class: a class with fewer examples than folds sits in
+    the validation part of only some folds (each fold still fits ``m - 1`` of its ``m`` examples), whereas lowering
+    ``k`` for every class would fit each fold on half of the data and so choose ``C`` for a training set of the
+    wrong size. scikit-learn does the same (it warns where this function stays quiet).
+    """
+    counts = np.bincount(codes, minlength=n_classes)
+    several = np.flatnonzero(counts[codes] >= 2)
+    if several.size == 0:
+        return []
+    single = np.flatnonzero(counts[codes] == 1)
+    k = min(n_folds, int(counts.max()))
+    splitter = StratifiedKFold(k, shuffle=True, random_state=rng)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        folds = list(splitter.split(np.zeros((several.size, 1)), codes[several]))
+    return [(np.sort(np.concatenate([several[f], single])), several[v]) for f, v in folds]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,24 +451,29 @@ def _design(
 
 @dataclass
 class _Fitted:
-    """What fitting one task chose: its ``C``, held-out scores, parameters (rows, d + 1) and iterations."""
+    """What fitting one task chose: its ``C``, validation scores (mean over ``val_folds`` folds; one fold is a
+    hold-out), parameters (rows, d + 1) and iterations."""
 
     C: float
     val_scores: dict[float, float]
     theta: torch.Tensor
     n_iter: int
+    val_folds: int = 0
 
 
 class LogisticProbe(TorchClassifier):
-    """Multinomial logistic-regression probe, optionally choosing ``C`` on a held-out part of train.
+    """Multinomial logistic-regression probe, optionally choosing ``C`` by validation on train.
 
     Parameters
     ----------
     C : float or None
-        Inverse L2 strength, as in scikit-learn. ``None`` chooses it from ``Cs``: a seeded, stratified
-        ``val_fraction`` of train is held out, every ``C`` of the grid is fit on the rest, the ``C`` with the best
-        ``selection_metric`` on the held-out part wins (ties go to the smaller ``C``), and the model is refit on
-        all of train with it.
+        Inverse L2 strength, as in scikit-learn. ``None`` chooses it from ``Cs`` and refits on all of train with
+        it. A training set of fewer than ``cv_below`` examples is split into ``cv`` seeded stratified folds (as
+        ``StratifiedKFold(cv, shuffle=True)``); every ``C`` is fit on each fold's complement and the ``C`` with the
+        best ``selection_metric`` averaged over the folds wins, as scikit-learn's ``LogisticRegressionCV``
+        chooses. A larger one holds out a seeded, stratified ``val_fraction`` and scores every ``C`` there.
+        Ties go to the smaller ``C`` (the stronger penalty): among fits the validation cannot tell apart, the
+        simpler model.
     Cs : sequence of float
         Grid searched when ``C`` is None. The default runs from 1e-4 to 100 in half-decade steps (13 values).
         It covers scikit-learn's default (1) and BioBench's search range for standardised features (1e-3..10),
@@ -447,9 +483,20 @@ class LogisticProbe(TorchClassifier):
         problem solves the whole grid as one batched problem, a large one walks it warm-started (see the
         module docstring); both solve the same problems to the same tolerance.
     val_fraction : float
-        Share of each class held out for choosing ``C`` (a class keeps at least one example for fitting).
+        Share of each class held out for choosing ``C`` on training sets of ``cv_below`` examples or more (a class
+        keeps at least one example for fitting).
+    cv : int
+        Folds of the cross-validation that chooses ``C`` on small training sets (at least 2). A class with fewer
+        examples than folds is validated in fewer folds; one with a single example is only fitted.
+    cv_below : int
+        Training sets with fewer examples than this choose ``C`` by ``cv``-fold cross-validation; 0 turns it off.
+        Why 1000: a 20% hold-out of fewer than 1000 examples scores each ``C`` on under 200, where one example
+        moves accuracy by over 0.5% and the grid's neighbours tie or swap by chance (a 60-image folder held out
+        9). Cross-validation scores every example once, for ``cv`` times the fitting work, which below 1000
+        examples is small: the folds and the grid are solved as one batch.
     selection_metric : {"macro_f1", "accuracy"}
-        Held-out score used to choose ``C``; macro-F1 averages over the classes present in the held-out labels.
+        Validation score used to choose ``C``; macro-F1 averages over the classes present in the validation labels
+        (of each fold).
     class_weight : {None, "balanced"}
         ``"balanced"`` weighs class ``c`` by ``n / (n_classes * n_c)`` (on sample weights, if given), as scikit-learn.
     standardize : bool
@@ -465,12 +512,12 @@ class LogisticProbe(TorchClassifier):
     device : str
         Torch device, e.g. ``"cpu"`` or ``"cuda"``.
     random_state : int, RandomState or None
-        Seed of the held-out split.
+        Seed of the held-out split or the folds.
 
     Scores: ``decision_function`` gives the logits, (n, n_classes); for two classes, whose model has one logit
     ``z``, it gives ``(-z/2, z/2)``, so ``predict_proba`` is the softmax of the scores in every case.
-    The refit on all of train is warm-started from the chosen ``C``'s solution on the fitting part; the objective
-    has one minimum, so this changes only the number of iterations.
+    The refit on all of train is warm-started from the chosen ``C``'s solution on the fitting part (the mean over
+    the folds); the objective has one minimum, so this changes only the number of iterations.
     Many binary probes on shared features (e.g. NeWT's tasks) are fit together by :func:`fit_many_binary`.
 
     Attributes
@@ -485,7 +532,11 @@ class LogisticProbe(TorchClassifier):
     C_ : float
         The ``C`` of the final model.
     val_scores_ : dict[float, float]
-        Held-out score of each grid ``C`` (empty when ``C`` was given or nothing could be held out).
+        Validation score of each grid ``C``: the mean over the folds, or the hold-out's score (empty when ``C`` was
+        given or nothing could be held out).
+    val_folds_ : int
+        Validation splits averaged into ``val_scores_``: ``cv`` (or fewer, see ``cv``), 1 for a hold-out, 0 when
+        ``C`` was given or nothing could be held out.
     n_iter_ : int
         L-BFGS iterations of the final fit.
     n_features_in_ : int
@@ -496,6 +547,8 @@ class LogisticProbe(TorchClassifier):
         C: float | None = None,
         Cs: Sequence[float] = DEFAULT_CS,
         val_fraction: float = 0.2,
+        cv: int = 5,
+        cv_below: int = 1000,
         selection_metric: str = "macro_f1",
         class_weight: str | None = None,
         standardize: bool = True,
@@ -508,6 +561,8 @@ class LogisticProbe(TorchClassifier):
         self.C = C
         self.Cs = Cs
         self.val_fraction = val_fraction
+        self.cv = cv
+        self.cv_below = cv_below
         self.selection_metric = selection_metric
         self.class_weight = class_weight
         self.standardize = standardize
@@ -540,6 +595,10 @@ class LogisticProbe(TorchClassifier):
             raise ConfigError(
                 f"val_fraction={self.val_fraction!r} must lie strictly between 0 and 1, e.g. 0.2"
             )
+        for name, value, low in (("cv", self.cv, 2), ("cv_below", self.cv_below, 0)):
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{name}={value!r} must be a whole number of at least {low}, e.g. "
+                                  f"{5 if name == 'cv' else 1000}")
         if self.selection_metric not in _METRICS:
             raise ConfigError(f"selection_metric={self.selection_metric!r} is unknown; use one of {_METRICS}")
         if self.class_weight not in (None, "balanced"):
@@ -594,6 +653,7 @@ class LogisticProbe(TorchClassifier):
         self.scale_ = scale
         self.C_ = fitted.C
         self.val_scores_ = fitted.val_scores
+        self.val_folds_ = fitted.val_folds
         self.n_iter_ = fitted.n_iter
         W64, b64 = W.double().cpu().numpy(), b.double().cpu().numpy()
         self.coef_ = W64 / scale
@@ -658,20 +718,22 @@ class LogisticProbe(TorchClassifier):
     ) -> list[_Fitted]:
         """Fit one model per task (standardised rows ``Zs[t]``, class codes ``codes[t]`` in ``range(k)``).
 
-        Every task gets what :meth:`fit` would give it alone: its own held-out split (from a fresh
-        ``check_random_state(random_state)``), grid search and refit; the tasks are solved together.
+        Every task gets what :meth:`fit` would give it alone: its own validation splits (from a fresh
+        ``check_random_state(random_state)``), grid search and refit. Every (task, fold) fitting part is one
+        problem of the batch and every ``C`` one slot, so the folds cost one batched solve, not ``cv``.
         """
         n_tasks = len(Zs)
         names = names or [""] * n_tasks
         chosen = [math.nan if self.C is None else float(self.C)] * n_tasks
         scores: list[dict[float, float]] = [{} for _ in range(n_tasks)]
         inits: list[torch.Tensor | None] = [None] * n_tasks
+        n_val = [0] * n_tasks
         if self.C is None:
             grid = sorted(float(c) for c in self.Cs)
-            splits = {}
+            splits: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
             for t in range(n_tasks):
-                split = self._holdout(codes[t], k, names[t])
-                if split is None:
+                split = self._validation_splits(codes[t], k, names[t])
+                if not split:
                     chosen[t] = min(grid, key=lambda c: (abs(math.log10(c)), c))
                     logger.warning(
                         "%sno class has two or more training examples, so nothing can be held out to "
@@ -682,32 +744,43 @@ class LogisticProbe(TorchClassifier):
                 else:
                     splits[t] = split
             metric = _macro_f1 if self.selection_metric == "macro_f1" else _accuracy
-            for part in self._task_chunks(
-                [(t, splits[t][0].size) for t in splits], Zs[0].shape[1], len(grid), k
-            ):
-                fits = [splits[t][0] for t in part]
+            problems = [(t, f) for t in splits for f in range(len(splits[t]))]
+            fold_scores = {t: np.zeros((len(splits[t]), len(grid))) for t in splits}
+            theta_sum: dict[int, torch.Tensor] = {}
+            sizes = [(i, splits[t][f][0].size) for i, (t, f) in enumerate(problems)]
+            for part in self._task_chunks(sizes, Zs[0].shape[1], len(grid), k):
+                batch = [problems[i] for i in part]
+                fits = [splits[t][f][0] for t, f in batch]
                 design = _design(
-                    [Zs[t][torch.as_tensor(f, device=Zs[t].device)] for t, f in zip(part, fits, strict=True)],
-                    [codes[t][f] for t, f in zip(part, fits, strict=True)],
-                    [self._weights(codes[t][f], sws[t][f], k) for t, f in zip(part, fits, strict=True)],
+                    [Zs[t][torch.as_tensor(i, device=Zs[t].device)] for (t, _), i in zip(batch, fits, strict=True)],
+                    [codes[t][i] for (t, _), i in zip(batch, fits, strict=True)],
+                    [self._weights(codes[t][i], sws[t][i], k) for (t, _), i in zip(batch, fits, strict=True)],
                     k,
                 )
                 theta = self._solve_grid(design, grid)
                 del design
-                for i, t in enumerate(part):
-                    val = splits[t][1]
-                    pred = _predict_codes(Zs[t][torch.as_tensor(val, device=Zs[t].device)], theta[i])
-                    scores[t] = {c: metric(codes[t][val], pred[:, s], k) for s, c in enumerate(grid)}
-                    best = max(range(len(grid)), key=lambda s, t=t: (scores[t][grid[s]], -s))
-                    chosen[t], inits[t] = grid[best], theta[i, best]
-                    logger.info(
-                        "%schose C=%g (%s %.4f on %d held-out examples)",
-                        names[t],
-                        chosen[t],
-                        self.selection_metric,
-                        scores[t][chosen[t]],
-                        val.size,
-                    )
+                for j, (t, f) in enumerate(batch):
+                    val = splits[t][f][1]
+                    pred = _predict_codes(Zs[t][torch.as_tensor(val, device=Zs[t].device)], theta[j])
+                    fold_scores[t][f] = [metric(codes[t][val], pred[:, s], k) for s in range(len(grid))]
+                    theta_sum[t] = theta[j].clone() if t not in theta_sum else theta_sum[t] + theta[j]
+            for t in splits:
+                mean = fold_scores[t].mean(axis=0)
+                scores[t] = {c: float(mean[s]) for s, c in enumerate(grid)}
+                best = max(range(len(grid)), key=lambda s, mean=mean: (mean[s], -s))
+                n_val[t] = len(splits[t])
+                # the refit starts from the folds' mean solution at the chosen C (as LogisticRegressionCV's)
+                chosen[t], inits[t] = grid[best], theta_sum[t][best] / n_val[t]
+                logger.info(
+                    "%schose C=%g (%s %.4f %s)",
+                    names[t],
+                    chosen[t],
+                    self.selection_metric,
+                    mean[best],
+                    f"on {splits[t][0][1].size} held-out examples" if n_val[t] == 1
+                    else f"averaged over {n_val[t]} folds of {codes[t].size} examples",
+                )
+            del theta_sum
         out: list[_Fitted] = []
         for part in self._task_chunks([(t, Z.shape[0]) for t, Z in enumerate(Zs)], Zs[0].shape[1], 1, k):
             design = _design(
@@ -719,26 +792,30 @@ class LogisticProbe(TorchClassifier):
             res = self._run(design, np.array([[chosen[t]] for t in part]), [inits[t] for t in part])
             theta = design.to_features(res.theta)
             out += [
-                _Fitted(chosen[t], scores[t], theta[i, 0], int(res.n_iter[i, 0])) for i, t in enumerate(part)
+                _Fitted(chosen[t], scores[t], theta[i, 0], int(res.n_iter[i, 0]), n_val[t])
+                for i, t in enumerate(part)
             ]
         return out
 
-    def _holdout(self, codes: np.ndarray, k: int, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """The (fitting part, held-out part) of one task, or None when nothing can be held out."""
+    def _validation_splits(self, codes: np.ndarray, k: int, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(fitting part, validation part)`` pairs of one task: ``cv`` stratified folds below ``cv_below``
+        examples, else one stratified hold-out; empty when nothing can be validated."""
         rng = check_random_state(self.random_state)
-        fit_idx, val_idx = _stratified_holdout(codes, k, float(self.val_fraction), rng)
-        if val_idx.size == 0:
-            return None
+        if codes.size < self.cv_below:
+            splits = _stratified_folds(codes, k, int(self.cv), rng)
+        else:
+            fit_idx, val_idx = _stratified_holdout(codes, k, float(self.val_fraction), rng)
+            splits = [(fit_idx, val_idx)] if val_idx.size else []
         counts = np.bincount(codes, minlength=k)
-        if (counts == 1).any():
+        if splits and (counts == 1).any():
             logger.warning(
                 "%s%d of %d classes have a single training example; they are fitted but absent from the "
-                "held-out part used to choose C",
+                "validation used to choose C",
                 name,
                 int((counts == 1).sum()),
                 k,
             )
-        return fit_idx, val_idx
+        return splits
 
     @staticmethod
     def _task_chunks(sized: list[tuple[int, int]], d: int, n_slots: int, k: int) -> list[list[int]]:
@@ -762,16 +839,18 @@ class LogisticProbe(TorchClassifier):
     def _solve_grid(self, design: _Design, grid: list[float]) -> torch.Tensor:
         """Fit every task of ``design`` at every ``C`` of ``grid``; (T, S, rows, d + 1) in feature space.
 
-        Small problems are solved as one batched problem; a single large task walks the grid from strong to
-        weak regularisation, each fit warm-started from the previous one.
+        Small problems are solved as one batched problem; large ones (a big task, or the folds of one) walk the
+        grid from strong to weak regularisation, all tasks of the batch together, each fit warm-started from the
+        task's previous one.
         """
         n_tasks = design.Z.shape[0]
-        if n_tasks > 1 or design.macs <= _PATH_MACS:
+        if design.macs <= _PATH_MACS:
             res = self._run(design, np.tile(grid, (n_tasks, 1)), None)
             return design.to_features(res.theta)
         thetas: list[torch.Tensor] = []
         for c in grid:
-            res = self._run(design, np.array([[c]]), [thetas[-1][0, 0]] if thetas else None, reduced=True)
+            starts = list(thetas[-1][:, 0]) if thetas else None
+            res = self._run(design, np.full((n_tasks, 1), c), starts, reduced=True)
             thetas.append(res.theta)
         return design.to_features(torch.cat(thetas, dim=1))
 
@@ -845,6 +924,7 @@ class LogisticProbe(TorchClassifier):
             "C_selected": self.C is None,
             "selection_metric": self.selection_metric if self.C is None else None,
             "val_scores": {repr(float(c)): float(s) for c, s in self.val_scores_.items()},
+            "val_folds": int(self.val_folds_),
             "n_iter": int(self.n_iter_),
         }
 
@@ -879,7 +959,7 @@ def fit_many_binary(X: Any, tasks: Sequence[tuple[Any, Any]], **params: Any) -> 
     list of LogisticProbe
         Fitted probes, one per task in order, each equal (to the solver's tolerance) to
         ``LogisticProbe(**params).fit(X[rows], labels)``: the same standardisation on the task's own rows, the
-        same held-out split and ``C`` choice, the same refit. Score a task's test rows with its probe.
+        same validation splits and ``C`` choice, the same refit. Score a task's test rows with its probe.
 
     Raises
     ------

@@ -36,6 +36,11 @@ from lifebench.metrics import (
     task_seed,
     ties_with_best,
 )
+from lifebench.metrics.bootstrap import class_strata
+from lifebench.report.caveats import sample_warnings
+from lifebench.report.labels_needed import LabelsNeeded, check_options, labels_needed, labels_needed_text
+from lifebench.report.perclass import PerClass, per_class_scores
+from lifebench.store.provenance import machine_summary
 from lifebench.store.sqlite import Experiment, Predictions, Store, reads_store
 from lifebench.tasks.base import UNKNOWN
 
@@ -58,7 +63,8 @@ class Cell:
     """One model's score on one task.
 
     ``tied`` is True for a model that is not significantly worse than the best one (never for the best
-    itself); ``pvalue`` is its Holm-adjusted p-value against the best (None for the best).
+    itself); ``pvalue`` is its family-wise adjusted p-value, the smallest alpha at which the step-down max test
+    of :func:`~lifebench.metrics.ties_with_best` would mark it worse than the best (None for the best).
     """
 
     task: str
@@ -72,12 +78,13 @@ class Cell:
     is_best: bool
     tied: bool
     pvalue: float | None
-    widened: bool = False
-    """True when the percentile interval excluded the point estimate and was widened to include it."""
     n_seeds: int = 1
     """Seeds (few-shot folds, training subsamples) averaged into this cell."""
     seed_std: float | None = None
     """Standard deviation of the per-seed scores (None for one seed)."""
+    warnings: list[str] = field(default_factory=list)
+    """Why the score needs care: a small test set, classes with few test images, a zero-width interval
+    (:func:`lifebench.report.caveats.sample_warnings`)."""
 
 
 def _fmt(cell: Cell) -> str:
@@ -101,6 +108,15 @@ class Leaderboard:
     meta: dict[str, Any] = field(default_factory=dict)
     resamples: dict[tuple[str, str, str, str], np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     """(task, metric, backbone, protocol) -> the cell's score on each shared bootstrap resample, shape (B,)."""
+    per_class: PerClass | None = field(default=None, repr=False, compare=False)
+    """Per-class scores and confusion matrices (``build_leaderboard(per_class=True)``), else None."""
+    labels_needed: tuple[LabelsNeeded, ...] = field(default=(), repr=False, compare=False)
+    """Per task column, the best model against the runner-up (or two named models): their paired difference now
+    and the test-set size that would resolve it (:mod:`lifebench.report.labels_needed`)."""
+
+    def labels_needed_text(self) -> str:
+        """The "how many more labels?" block of the report ("" when no column has two models)."""
+        return labels_needed_text(self.labels_needed, {m: self.label(*m) for m in self.models()})
 
     # ------------------------------------------------------------------------------------------ layout
 
@@ -134,11 +150,14 @@ class Leaderboard:
     def legend(self, best: str, tied: str) -> str:
         """One line explaining the numbers and the markers."""
         conf = self.meta.get("confidence", 0.95)
+        alpha = self.meta.get("alpha")
+        level = f"{alpha:g}" if isinstance(alpha, int | float) else "?"
         return (
-            f"Point estimate [{conf * 100:g}% CI]: percentile bootstrap over test examples, "
+            f"Point estimate [{conf * 100:g}% CI]: BCa bootstrap over test examples drawn within their true class, "
             f"{self.meta.get('n_resamples', '?')} resamples shared by all models of a task (seed "
             f"{self.meta.get('seed', '?')}). {best}: best on the task; {tied}: not significantly worse than the "
-            f"best (one-sided paired bootstrap test, Holm-adjusted p > {self.meta.get('alpha', '?')}); "
+            f"best (step-down paired bootstrap max test over all pairs of models, family-wise error at most "
+            f"{level}: adjusted p > {level}); "
             f"{MISSING}: no result."
             + (" Cells averaged over seeds (few-shot folds, training subsamples) show 'sd S/N': the standard "
                "deviation of the N per-seed scores; their interval is for the mean." if any(
@@ -168,7 +187,8 @@ class Leaderboard:
             "|:--|" + "--:|" * len(headers),
         ]
         lines += [f"| {esc(label)} | " + " | ".join(show(c) for c in cells) + " |" for label, cells in rows]
-        return "\n".join(lines) + "\n\n" + self.legend("**bold**", TIED_MARKDOWN) + "\n"
+        return "\n".join(lines) + "\n\n" + self.legend("**bold**", TIED_MARKDOWN) + "\n" + "".join(
+            f"\n> Warning: {esc(w)}\n" for w in self.caveats())
 
     def to_text(self) -> str:
         """Aligned plain text for terminals; ``*`` marks the best model of a task, ``=`` a tie with it."""
@@ -191,7 +211,25 @@ class Leaderboard:
             )
 
         out = [line(table[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in table[1:]]
-        return "\n".join(out) + "\n" + self.legend(BEST_TEXT, TIED_TEXT) + "\n"
+        return "\n".join(out) + "\n" + self.legend(BEST_TEXT, TIED_TEXT) + "\n" + "".join(
+            f"warning: {w}\n" for w in self.caveats())
+
+    def caveats(self) -> list[str]:
+        """Each distinct cell warning once, as ``task (metric): warning``, naming the models when not all of the
+        column's models have it."""
+        column: dict[tuple[str, str], list[Cell]] = defaultdict(list)
+        for c in self.cells:
+            column[(c.task, c.metric)].append(c)
+        out = []
+        for (task, metric), cells in column.items():
+            who: dict[str, list[str]] = defaultdict(list)
+            for c in cells:
+                for w in c.warnings:
+                    who[w].append(self.label(c.backbone, c.protocol))
+            for w, models in who.items():
+                some = f", {', '.join(models)}" if len(models) < len(cells) else ""
+                out.append(f"{task} ({metric}{some}): {w}")
+        return out
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write one row per cell (long format) with a header of the :class:`Cell` fields."""
@@ -201,7 +239,8 @@ class Leaderboard:
             writer = csv.DictWriter(fh, fieldnames=names)
             writer.writeheader()
             for cell in self.cells:
-                writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(cell).items()})
+                writer.writerow({k: ("" if v is None else "; ".join(v) if isinstance(v, list) else v)
+                                 for k, v in dataclasses.asdict(cell).items()})
         return path
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
@@ -212,7 +251,9 @@ class Leaderboard:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
         cells = [{k: finite(v) for k, v in dataclasses.asdict(c).items()} for c in self.cells]
-        path.write_text(json.dumps({"meta": self.meta, "cells": cells}, indent=2, ensure_ascii=False) + "\n")
+        needed = [{k: finite(v) for k, v in dataclasses.asdict(r).items()} for r in self.labels_needed]
+        path.write_text(json.dumps({"meta": self.meta, "cells": cells, "labels_needed": needed}, indent=2,
+                                   ensure_ascii=False) + "\n")
         return path
 
     def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -226,14 +267,15 @@ class Leaderboard:
             ) from exc
         md = out / "leaderboard.md"
         md.write_text(
-            f"# Leaderboard\n\nGenerated {self.meta.get('generated_at', '')}.\n\n{self.to_markdown()}",
+            f"# Leaderboard\n\nGenerated {self.meta.get('generated_at', '')}.\n\n{self.to_markdown()}"
+            + (f"\n## How many more labels?\n\n{self.labels_needed_text()}" if self.labels_needed else ""),
             encoding="utf-8",
         )
         return {
             "md": md,
             "csv": self.to_csv(out / "leaderboard.csv"),
             "json": self.to_json(out / "leaderboard.json"),
-        }
+        } | ({} if self.per_class is None else self.per_class.write(out))
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -375,6 +417,7 @@ class _SeedData:
     units: np.ndarray
     codes_true: np.ndarray
     preds: list[np.ndarray]
+    classes: np.ndarray  # the sorted class names the codes index
 
 
 def _seed_data(store: Store, task: str, metric: Metric, exps: list[Experiment]) -> _SeedData | None:
@@ -410,7 +453,20 @@ def _seed_data(store: Store, task: str, metric: Metric, exps: list[Experiment]) 
             return np.stack([p.extra[c] for c in metric.extra_columns], axis=1)
         return _codes(p, "y_pred", class_arr)
 
-    return _SeedData({_model(e): e for e, _ in aligned}, units, codes_true, [prediction(p) for _, p in aligned])
+    return _SeedData({_model(e): e for e, _ in aligned}, units, codes_true, [prediction(p) for _, p in aligned],
+                     class_arr)
+
+
+def _strata(units: np.ndarray, per_seed: list[_SeedData]) -> np.ndarray | None:
+    """The true class of each resampled unit of any seed, which the resamples are drawn within (every class keeps
+    its support, so class-averaged metrics average the same classes in every resample); None for per-part tasks,
+    whose images have one class per part and are resampled plainly."""
+    if any(d.codes_true.ndim != 1 for d in per_seed):
+        return None
+    labels = np.empty(units.size, dtype=object)
+    for d in per_seed:
+        labels[np.searchsorted(units, d.units)] = d.classes[d.codes_true]
+    return class_strata(labels.astype(str))  # classes under MIN_CLASS_STRATUM examples pooled
 
 
 def _estimates(metric: Metric, data: _SeedData, idx: ResampleCounts, confidence: float) -> dict[str, Estimate]:
@@ -435,6 +491,7 @@ def _score_task(
     confidence: float,
     alpha: float,
     keep: dict[tuple[str, str, str, str], np.ndarray] | None = None,
+    per_class: list[tuple[list, list]] | None = None,
 ) -> list[Cell]:
     """Cells of one task scored with ``metric``, one per model.
 
@@ -450,7 +507,9 @@ def _score_task(
     units = functools.reduce(np.union1d, (d.units for d in per_seed)) if len(per_seed) > 1 else per_seed[0].units
     # Seeded by the task's base name: variants with the same test set (task@n100, task@n500) share resamples,
     # so their differences (a sample-efficiency curve) are paired too.
-    every = ResampleCounts(resample_indices(int(units.size), n_resamples, task_seed(task.split("@")[0], seed)))
+    strata = _strata(units, per_seed)
+    every = ResampleCounts(resample_indices(int(units.size), n_resamples, task_seed(task.split("@")[0], seed),
+                                            strata=strata), strata=strata)
     estimates = [
         _estimates(metric, d, every if d.units.size == units.size else every.subset(np.searchsorted(units, d.units)),
                    confidence)
@@ -465,10 +524,14 @@ def _score_task(
     for m in models:
         points = np.array([est[m].point for est in estimates])
         resamples = np.mean([est[m].resamples for est in estimates], axis=0)
-        combined[m] = estimate(float(points.mean()), resamples, confidence)
+        combined[m] = estimate(float(points.mean()), resamples, confidence,  # BCa terms: the seeds' mean
+                               acceleration=float(np.mean([est[m].acceleration or 0.0 for est in estimates])),
+                               expansion=float(np.mean([est[m].expansion for est in estimates])))
         spread[m] = float(points.std(ddof=1)) if len(points) > 1 else None
     best, tied, pvalues = ties_with_best(combined, alpha=alpha, higher_is_better=metric.higher_is_better)
     cells, n_test = [], int(per_seed[0].units.size)
+    truth = per_seed[0].codes_true  # test images per class, for metrics that are per class (not re-ID or parts)
+    counts = np.bincount(truth[truth >= 0]) if metric.needs in ("pred", "topk") else None
     for m in models:
         e, est = per_seed[0].found[m], combined[m]
         if keep is not None:
@@ -477,10 +540,14 @@ def _score_task(
             Cell(
                 task=task, backbone=e.backbone, protocol=e.protocol, metric=metric.name, point=est.point,
                 low=est.low, high=est.high, n_test=n_test, is_best=m == best, tied=m != best and m in tied,
-                pvalue=None if m == best else pvalues[m], widened=est.widened, n_seeds=len(per_seed),
-                seed_std=spread[m],
+                pvalue=None if m == best else pvalues[m], n_seeds=len(per_seed),
+                seed_std=spread[m], warnings=sample_warnings(n_test, counts, (est.low, est.high)),
             )
         )  # fmt: skip
+    if per_class is not None and metric.needs == "pred":  # per-class scores on the same resamples (when asked)
+        idxs = [every if d.units.size == units.size else every.subset(np.searchsorted(units, d.units))
+                for d in per_seed]
+        per_class.append(per_class_scores(task, metric.name, per_seed, idxs, cells, confidence))
     return cells
 
 
@@ -493,7 +560,10 @@ def build_leaderboard(
     n_resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
-    alpha: float = 0.05,
+    alpha: float | None = None,
+    per_class: bool = False,
+    compare: Sequence[str] | None = None,
+    power: float = 0.8,
 ) -> Leaderboard:
     """Score every stored model on every task, with paired bootstrap intervals and ties with the best.
 
@@ -508,8 +578,18 @@ def build_leaderboard(
         experiments name different metrics gets one column per metric).
     n_resamples, seed, confidence, alpha:
         Bootstrap resamples, base seed (combined with the task name), interval coverage and the
-        family-wise error rate of the tie test.
+        family-wise error rate of the tie test (default ``1 - confidence``: the models marked tied then form a
+        ``confidence``-level set of the models that may be the best, at the level of the intervals).
+    per_class:
+        Also compute each class's F1 with paired intervals and each model's confusion matrix (tasks scored from
+        one predicted class per example); off by default, as it costs time on large suites.
+    compare, power:
+        The two models (``backbone/protocol`` or a backbone) whose difference :attr:`Leaderboard.labels_needed`
+        sizes (default: the best and the runner-up of each task), and the power it is sized for.
     """
+    check_options(power, compare)
+    if alpha is None:
+        alpha = round(1.0 - confidence, 12)  # 0.05, not 0.050000000000000044
     every = store.experiments()
     known = sorted({e.task for e in every})
     if not known:
@@ -521,6 +601,7 @@ def build_leaderboard(
 
     cells: list[Cell] = []
     kept: dict[tuple[str, str, str, str], np.ndarray] = {}
+    classes: list[tuple[list, list]] | None = [] if per_class else None
     for task in known if tasks is None else list(dict.fromkeys(tasks)):
         by_metric: dict[str, list[Experiment]] = defaultdict(list)
         of_task = [e for e in every if e.task == task]
@@ -534,6 +615,7 @@ def build_leaderboard(
             cells += _score_task(
                 store, task, forced or get_metric(name), by_seed,
                 n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha, keep=kept,
+                per_class=classes,
             )  # fmt: skip
 
     if not cells:
@@ -553,4 +635,15 @@ def build_leaderboard(
         "alpha": alpha,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    return Leaderboard(cells=tuple(cells), meta=meta, resamples=kept)
+    scored = set(meta["tasks"])  # where the scored experiments ran (CPU, threads, BLAS, device), once per setting
+    meta["machines"] = sorted({machine_summary(e.provenance or {}) for e in every if e.task in scored})
+    needed = labels_needed(cells, kept, confidence=confidence, power=power, compare=compare,
+                           higher_is_better={c.metric: _higher_is_better(c.metric) for c in cells})
+    meta["labels_needed"] = {"compare": list(compare) if compare else "best vs runner-up", "power": power}
+    by_class = None if classes is None else PerClass(
+        tuple(s for scores, _ in classes for s in scores), tuple(c for _, cms in classes for c in cms),
+        meta={k: meta[k] for k in ("store", "n_resamples", "seed", "confidence", "generated_at")})
+    board = Leaderboard(cells=tuple(cells), meta=meta, resamples=kept, per_class=by_class, labels_needed=tuple(needed))
+    for line in board.caveats():
+        logger.warning("%s", line)
+    return board

@@ -78,8 +78,7 @@ class TaxonomyReport:
             return float(v) if math.isfinite(v) else None
 
         return [{"task": self.task, "backbone": row.backbone, "protocol": row.protocol, "statistic": name,
-                 "point": num(est.point), "low": num(est.low), "high": num(est.high), "n": n, "n_test": row.n_test,
-                 "widened": est.widened}
+                 "point": num(est.point), "low": num(est.low), "high": num(est.high), "n": n, "n_test": row.n_test}
                 for row in self.rows for name, (est, n) in row.scores.items()]
 
     def to_text(self) -> str:
@@ -122,7 +121,7 @@ class TaxonomyReport:
         """Write :meth:`records` as CSV (empty cells for missing numbers)."""
         path = Path(path)
         records = self.records()
-        names = ["task", "backbone", "protocol", "statistic", "point", "low", "high", "n", "n_test", "widened"]
+        names = ["task", "backbone", "protocol", "statistic", "point", "low", "high", "n", "n_test"]
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=names)
             writer.writeheader()

@@ -37,7 +37,7 @@ import numpy as np
 
 from lifebench.errors import BadImageError, ConfigError, DataError
 from lifebench.tasks.base import Examples, Task
-from lifebench.tasks.split import make_split
+from lifebench.tasks.split import CROSS_FIT_BELOW, DEFAULT_TEST_SIZE, default_folds, make_split
 from lifebench.tasks.taxonomy import RANKS
 
 __all__ = ["COLUMN_ALIASES", "IMAGE_EXTENSIONS", "MANIFEST_SUFFIXES", "SIDECAR_EXTENSIONS", "TEST_ONLY_POLICIES",
@@ -96,7 +96,7 @@ def read_csv(
 def load_task(
     path: str | os.PathLike[str],
     *,
-    test_size: float = 0.25,
+    test_size: float | None = None,
     seed: int = 0,
     name: str | None = None,
     skip_bad_images: bool = False,
@@ -109,7 +109,10 @@ def load_task(
     path:
         A folder (see the module docstring for layouts) or a manifest file.
     test_size, seed:
-        Used only when the data names no split: the stratified split's test fraction and seed.
+        Used only when the data names no split: the stratified split's test fraction (default 0.25) and seed.
+        Data without a given split or groups and with fewer than :data:`~lifebench.tasks.split.CROSS_FIT_BELOW`
+        images is cross-fitted in 5 folds unless ``test_size`` or ``n_folds`` is given: a 25% split would leave
+        too few test images to rank models on.
     name:
         Task name; defaults to the folder name or the manifest's file stem.
     skip_bad_images:
@@ -460,7 +463,7 @@ def _drop_empty_files(rows: _Rows, skip: bool) -> _Rows:
                  rows.test_name, taxa)
 
 
-def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: int, remove_hint: str,
+def _build_task(rows: _Rows, name: str, source: Path, test_size: float | None, seed: int, remove_hint: str,
                 n_folds: int | None = None, open_set: bool = False) -> Task:
     if not rows.ids:
         raise DataError(f"no images found in {source}; expected <root>/<class>/<image>, or train/ and test/ "
@@ -481,12 +484,21 @@ def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: in
         which = f"class {single[0]} has" if len(single) == 1 else f"classes {_few(single)} have"
         raise DataError(f"{which} only 1 image; a probe needs at least 2 per class: {remove_hint}")
     folds = None
+    by_default = ""
+    if not n_folds and test_size is None and rows.splits is None and examples.groups is None:
+        n_folds = default_folds(len(labels))
+        if n_folds:
+            by_default = f" (the default below {CROSS_FIT_BELOW} images; --test-size for one split)"
+            log.info("%s: %d images and no given split, so %d-fold cross-fitting: every image is predicted once, by "
+                     "a probe fit on the other folds (give a test size for one split instead)", source, len(labels),
+                     n_folds)
     if n_folds and (rows.splits is not None or examples.groups is not None):
         what = "a given split" if rows.splits is not None else "a group column"
         raise ConfigError(f"--folds {n_folds}: {source} has {what}; cross-fitting works on data without one, "
                           "so drop --folds (or the column)")
     if n_folds:
         train_idx, test_idx, folds, split_source = make_split(labels, n_folds=n_folds, seed=seed)
+        split_source += by_default
     elif rows.splits is not None:
         splits = arr(rows.splits)
         train_idx = np.flatnonzero(splits == "train").astype(np.int64)
@@ -494,6 +506,7 @@ def _build_task(rows: _Rows, name: str, source: Path, test_size: float, seed: in
         _check_given_split(source, labels, train_idx, test_idx, classes, open_set)
         split_source = "given" if rows.test_name == "test" else f"given ({rows.test_name} used as test)"
     else:
+        test_size = DEFAULT_TEST_SIZE if test_size is None else test_size
         train_idx, test_idx, _, split_source = make_split(labels, test_size=test_size, seed=seed,
                                                           groups=examples.groups)
         if len(test_idx) == 0:

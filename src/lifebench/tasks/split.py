@@ -15,6 +15,10 @@ import numpy as np
 from lifebench.errors import ConfigError
 
 __all__ = [
+    "CROSS_FIT_BELOW",
+    "DEFAULT_FOLDS",
+    "DEFAULT_TEST_SIZE",
+    "default_folds",
     "describe_folds",
     "describe_split",
     "make_split",
@@ -27,6 +31,18 @@ __all__ = [
 ]
 
 ArrayLike = np.ndarray | Sequence
+
+DEFAULT_TEST_SIZE = 0.25
+"""Test fraction per class of the split made for data that names none."""
+DEFAULT_FOLDS = 5
+"""Folds of the cross-fitting used by default for small collections (and by the demo)."""
+CROSS_FIT_BELOW = 400
+"""Collections with fewer images than this and no given split are cross-fitted by default (:func:`default_folds`).
+
+Why 400: a :data:`DEFAULT_TEST_SIZE` split of fewer than 400 images leaves fewer than 100 test images, the size below
+which the report warns that a test set is small (:mod:`lifebench.report.caveats`): there one image moves accuracy
+by a point or more, and a score of 1.000 on 15 test images says little. Cross-fitting scores every image once, by a
+probe fit on the other folds, for five probe fits instead of one; the embeddings, the costly part, are the same."""
 
 
 def _check_test_size(test_size: float) -> None:
@@ -148,8 +164,14 @@ def describe_folds(n_folds: int, seed: int) -> str:
     return f"{n_folds}-fold stratified cross-fitting, seed {seed}"
 
 
+def default_folds(n_images: int) -> int | None:
+    """:data:`DEFAULT_FOLDS` for a collection of ``n_images`` without a given split that is small enough to be
+    cross-fitted by default (fewer than :data:`CROSS_FIT_BELOW`), else None (one stratified split)."""
+    return DEFAULT_FOLDS if n_images < CROSS_FIT_BELOW else None
+
+
 def make_split(
-    labels: ArrayLike, *, n_folds: int | None = None, test_size: float = 0.25, seed: int = 0,
+    labels: ArrayLike, *, n_folds: int | None = None, test_size: float = DEFAULT_TEST_SIZE, seed: int = 0,
     groups: ArrayLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
     """``(train_idx, test_idx, folds, description)`` for data without a given split.
