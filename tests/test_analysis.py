@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -491,3 +492,76 @@ def test_the_header_says_what_was_resampled(tmp_path: Path) -> None:
     assert own.to_text().splitlines()[1].startswith("Resampled: lifebench store, per-example predictions: intervals "
                                                     "resample each task's test images (the same resamples for every "
                                                     "model, so models are paired)")
+
+
+# ---------------------------------------------------------------------------------------------- plots for a paper
+
+
+def _svgs(a, out: Path) -> tuple[dict, dict[str, str]]:
+    import matplotlib
+
+    from lifebench.analysis.plots import write_plots
+
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # keep SVG text as text, to read it back
+        made = write_plots(a, out)
+    return made, {name: Path(m["svg"]).read_text(encoding="utf-8") for name, m in made.items()}
+
+
+def _axes_chunks(svg: str) -> list[str]:
+    """The text in each axes of the figure: matplotlib writes one ``<g id="axes_N">`` per axes under the figure's
+    group, with a secondary axis (the models left) nested inside its axes."""
+    import xml.etree.ElementTree as ET
+
+    ns = "{http://www.w3.org/2000/svg}"
+    figure = next(g for g in ET.fromstring(svg).iter(f"{ns}g") if g.get("id", "").startswith("figure"))
+    return [" ".join(t.text or "" for t in g.iter(f"{ns}text"))
+            for g in figure.findall(f"{ns}g") if g.get("id", "").startswith("axes_")]
+
+
+def test_plots_have_plain_log_ticks_metric_axes_one_statistic_per_axis_and_their_settings(tmp_path: Path) -> None:
+    made, svgs = _svgs(analyze(load_results([SAMPLE]), n_boot=50), tmp_path / "sample")
+    assert {"reference_vs_suite", "threshold_sweep", "task_scores", "params"} <= set(svgs)
+    for name, svg in svgs.items():
+        assert "mathdefault" not in svg and "$" not in svg, name  # no unrendered TeX in the picture
+        words = " ".join(re.findall(r">([^<>]*)</text>", svg))  # the footnote is wrapped over lines
+        assert "50 resamples, seed 0" in words and "95% percentile" in words, name  # method and settings
+        assert "50 resamples" in made[name]["caption"]
+    assert ">10⁷<" in svgs["params"] and ">10⁸<" in svgs["params"]
+
+    store = tmp_path / "results.sqlite"
+    fill_store(store)
+    made, svgs = _svgs(analyze(from_store(store, n_resamples=200), min_models=3), tmp_path / "store")
+    assert ">imagenet1k accuracy<" in svgs["reference_vs_suite"]
+    assert ">suite mean accuracy (2 tasks)<" in svgs["reference_vs_suite"]
+    assert svgs["task_scores"].count(">accuracy<") == 3  # every task's axis names the metric
+    stats = ("Spearman ρ", "Kendall τ-b", "mis-ranked pair fraction")
+    chunks = _axes_chunks(svgs["threshold_sweep"])
+    per_axis = [{s for s in stats if s in chunk} for chunk in chunks]
+    assert [len(found) for found in per_axis] == [1] * len(chunks) and len(chunks) == 4, per_axis
+    assert {s for found in per_axis for s in found} == set(stats)  # each statistic has an axis of its own
+    for chunk, found in zip(chunks, per_axis, strict=True):
+        assert f" {found.pop()} " in f" {chunk} "  # ... labelled with its name
+    assert "200 resamples" in made["threshold_sweep"]["caption"]
+
+
+def test_point_labels_never_overlap() -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from lifebench.analysis.plots import _declutter, _label_points
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 0.05, 25), rng.normal(0, 0.05, 25)  # 25 points in a clump
+    ax.scatter(x, y)
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(-1, 1)
+    _label_points(ax, x, y, [f"model number {i}" for i in range(25)])
+    _declutter(fig)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    shown = [t for t in ax.texts if t.get_visible()]
+    assert 4 <= len(shown) < 25  # some are placed, the rest left out
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    assert shown[0].get_text() == f"model number {int(np.argmax(y))}"  # the highest point keeps its label

@@ -305,6 +305,17 @@ def test_repeating_a_seed_adds_no_confidence(tmp_path: Path, n_seeds: int) -> No
     assert many["copy"].pvalue == pytest.approx(one["copy"].pvalue) and many["copy"].tied == one["copy"].tied
 
 
+def test_models_that_share_no_seed_are_one_line_error(tmp_path: Path) -> None:
+    ids, y = truth()
+    models = three_models()
+    with Store(tmp_path / "s.sqlite") as s:
+        _add_seeded(s, "bugs", "strong", ids, y, models["strong"], 0)
+        _add_seeded(s, "bugs", "weak", ids, y, models["weak"], 1)
+        with pytest.raises(DataError, match=r"^task bugs: no model has results for every seed \(0, 1\); run each "
+                                            r"model with the same --seed values"):
+            build_leaderboard(s, n_resamples=B)
+
+
 def test_seeds_with_overlapping_test_sets_see_each_example_the_same_number_of_times(tmp_path: Path) -> None:
     """Few-shot folds: each seed's test set leaves out its own support images. A seed's resample b must hold every
     example it shares with the others exactly as often as theirs does: one draw over the union of test ids."""

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeatable")
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder holding one sub-folder per benchmark task (default $LIFEBENCH_DATA or "
-                   "~/.cache/lifebench/data)")
+                   "~/.local/share/lifebench)")
     p.add_argument("--model", action="append", required=True, metavar="ID",
                    help="backbone id, e.g. efficientnet-lite0, timm:resnet50.a1_in1k, open_clip:hf-hub:imageomics/bioclip, "
                    "hf:facebook/dinov2-base, timm:vit_small_patch16_224@random; see 'lifebench ls backbones'; repeatable")
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "unpack them into DIR/TASK. Rerunning skips what is already verified.")
     p.add_argument("task", help="a task name from 'lifebench ls tasks'")
     p.add_argument("--dir", type=Path, default=None,
-                   help="data root (default $LIFEBENCH_DATA or ~/.cache/lifebench/data); the task goes in DIR/TASK")
+                   help="data root (default $LIFEBENCH_DATA or ~/.local/share/lifebench); the task goes in DIR/TASK")
 
     p = sub.add_parser("ls", help="list backbones, tasks, protocols or metrics")
     p.add_argument("what", choices=["backbones", "tasks", "protocols", "metrics"])
@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the best and the runner-up of each task")
     p.add_argument("--power", type=float, default=0.8,
                    help="power the test-set size estimate is for (default 0.8)")
+    p.add_argument("--html", type=Path, default=None, metavar="DIR",
+                   help="also write a results page DIR/index.html: leaderboard, per-class F1, confusion matrices, "
+                   "the images each model got wrong, sample-efficiency curves (static, works offline)")
 
     p = sub.add_parser("merge", help="copy the experiments of other stores into one (no duplicates)",
                        description="Copy every experiment of each FROM store into INTO (created if missing). An "
@@ -310,6 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-metric", default="acc1", choices=["acc1", "acc5", "mean_per_class_recall"],
                    help="CLIP_benchmark metric to import (default acc1)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (no matplotlib needed)")
+
+    p = sub.add_parser("export", help="write per-image predictions or the leaderboard to Parquet, CSV or JSON",
+                       description="Export a store: --what predictions (default) writes one row per test image and "
+                       "experiment (task, model, protocol, seed, example_id, y_true, y_pred, score, topk, part, group), "
+                       "which 'report --store FILE' and 'analyze --store FILE' read back; --what leaderboard writes "
+                       "the leaderboard cells that 'analyze --results FILE' reads. The suffix of --out picks the "
+                       "format. See docs/python.md.")
+    p.add_argument("--store", type=Path, default=None, help="results database (default as for 'run')")
+    p.add_argument("--out", type=Path, required=True, help="output file ending in .parquet, .csv or .json")
+    p.add_argument("--what", choices=["predictions", "leaderboard"], default="predictions",
+                   help="per-image predictions (default) or the leaderboard cells")
+    p.add_argument("--task", action="append", default=None, help="only these tasks; repeatable")
+    _add_bootstrap_options(p, seed=True, confidence=True)
     return parser
 
 
@@ -393,11 +409,15 @@ def _check_resamples(n: int) -> None:
 def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None, metric: str | None = None) -> None:
     from lifebench.report import build_leaderboard
 
-    board = build_leaderboard(store, tasks=task_names, n_resamples=resamples, metric=metric)
+    board = build_leaderboard(store, tasks=task_names, n_resamples=resamples, metric=metric,
+                              per_class=out_dir is not None)  # the results page shows per-class scores
     print()
     print(board.to_text())
     if out_dir is not None:
+        from lifebench.report.html import write_results_page
+
         written = board.write(out_dir)
+        written["html"] = write_results_page(store, out_dir, board=board)
         print(f"\nreport: {', '.join(str(p) for p in written.values())}")
 
 
@@ -445,6 +465,10 @@ def _plan(args):
 
     _check_resamples(args.resamples)
     models = [canonical_id(m) for m in args.model]
+    if not args.dry_run:  # a missing extra fails now, before any data is read (a dry run lists it instead)
+        from lifebench import extras
+
+        extras.require(extras.needs_for_run(models, executor=getattr(args, "executor_kind", None)))
     if any(m.startswith("openai-compatible:") for m in models):  # no endpoint fails now, before anything runs
         from lifebench.vlm.openai import resolve_endpoint
 
@@ -488,9 +512,18 @@ def _plan(args):
     return jobs, skipped, store_path
 
 
+def _run_options(args):
+    """The runner's options of a parsed ``run`` command line (also used by :func:`lifebench.api.evaluate`)."""
+    from lifebench.runner import RunOptions
+
+    return RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
+                      num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force,
+                      keep_going=args.keep_going, show_progress=not args.quiet, endpoint=args.endpoint)
+
+
 def cmd_run(args, plan=None) -> int:
     """``lifebench run``; ``plan`` is ``_plan(args)`` when the caller has made it already (sweeps)."""
-    from lifebench.runner import RunOptions, plan_status, run_jobs
+    from lifebench.runner import plan_status, run_jobs
     from lifebench.store import Store
 
     jobs, skipped, store_path = plan or _plan(args)
@@ -505,6 +538,11 @@ def cmd_run(args, plan=None) -> int:
                 print(f"  {what:<40} {job.label()}")
         for name, why in skipped:
             print(f"  {'skip: ' + name:<40} {why}")
+        from lifebench import extras
+
+        for line in extras.missing_lines(extras.needs_for_run(dict.fromkeys(j.backbone for j in jobs),
+                                                               executor=getattr(args, "executor_kind", None))):
+            print(line)
         return 0
     if not jobs:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped[:2])
@@ -514,9 +552,7 @@ def cmd_run(args, plan=None) -> int:
     with _new_store_removed_on_error(store_path), Store(store_path) as store:
         for name, why in skipped:
             log.info("skipping task %s: %s", name, why)
-        options = RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
-                             num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force,
-                             keep_going=args.keep_going, show_progress=not args.quiet, endpoint=args.endpoint)
+        options = _run_options(args)
         t0 = time.perf_counter()
         results = run_jobs(jobs, store, options)
         n_done = sum(r.status == "done" for r in results)
@@ -603,20 +639,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _embed_task(args):
+    """``(task, backbone, embeddings)`` of a parsed ``embed`` command line (also :func:`lifebench.api.embed`)."""
+    from lifebench.backbones import canonical_id, load_backbone
+    from lifebench.features import embed
+
+    (task,) = _resolve_tasks(args, [args.task])
+    backbone = load_backbone(canonical_id(args.model))
+    emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
+                num_workers=args.workers, skip_bad_images=args.skip_bad_images, decode=args.decode)
+    return task, backbone, emb
+
+
 def cmd_embed(args) -> int:
     import numpy as np
 
-    from lifebench.backbones import canonical_id, load_backbone
-    from lifebench.features import embed
     from lifebench.fsutil import atomic_write
 
     out: Path = args.out
     if out.suffix not in (".npy", ".parquet"):
         raise ConfigError(f"--out {out} must end in .npy or .parquet")
-    (task,) = _resolve_tasks(args, [args.task])
-    backbone = load_backbone(canonical_id(args.model))
-    emb = embed(backbone, task.examples, cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
-                num_workers=args.workers, skip_bad_images=args.skip_bad_images, decode=args.decode)
+    task, backbone, emb = _embed_task(args)
     if task.folds is not None:
         split = np.array([f"fold{f}" for f in task.folds], dtype=object)
     else:
@@ -705,22 +748,27 @@ def cmd_download(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from lifebench.store import Store
+    from lifebench.export import open_results
 
     _check_resamples(args.resamples)
     store_path = args.store or default_store()
     from lifebench.report import build_leaderboard
 
-    with Store(store_path, create=False) as store:
+    with open_results(store_path) as store:  # a store, or a predictions export rebuilt as one
         board = build_leaderboard(store, tasks=args.task, n_resamples=args.resamples, seed=args.seed,
                                   confidence=args.confidence, metric=args.metric,
-                                  per_class=args.per_class is not None, compare=args.compare, power=args.power)
+                                  per_class=args.per_class is not None or args.html is not None,
+                                  compare=args.compare, power=args.power)
         print(board.to_text())
         if board.labels_needed:
             print(board.labels_needed_text())
-        if board.per_class is not None:
+        if board.per_class is not None and args.per_class is not None:
             print(board.per_class.to_text(args.per_class))
         written = board.write(args.out or Path(store_path).parent)
+        if args.html is not None:
+            from lifebench.report.html import write_results_page
+
+            written["html"] = write_results_page(store, args.html, board=board)
     print(f"\nreport: {', '.join(str(p) for p in written.values())}")
     return 0
 
@@ -742,6 +790,8 @@ def cmd_sweep(args) -> int:
 
     spec = sweep.load(args.file)
     run_args = build_parser().parse_args(["run", *spec.run_argv])
+    run_args.dry_run = args.dry_run  # a dry run lists missing extras; a real one fails on them before planning
+    run_args.executor_kind = args.executor or spec.executor.get("kind", "inprocess")
     plan = _plan(run_args)
     jobs, _, store_path = plan
     if args.dry_run:
@@ -768,7 +818,7 @@ def cmd_status(args) -> int:
     from lifebench.runner import sweep
 
     spec = sweep.load(args.file)
-    jobs, _, store_path = _plan(build_parser().parse_args(["run", *spec.run_argv]))
+    jobs, _, store_path = _plan(build_parser().parse_args(["run", *spec.run_argv, "--dry-run"]))  # reads only
     print(sweep.status_text(jobs, store_path))
     return 0
 
@@ -837,7 +887,10 @@ def cmd_analyze(args) -> int:
         out = args.out or Path("lifebench-analysis")
     else:
         store_path = args.store or default_store()
-        results = from_store(store_path, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+        from lifebench.export import open_results
+
+        with open_results(store_path) as store:  # a store, or a predictions export rebuilt as one
+            results = from_store(store, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence)
         out = args.out or Path(store_path).parent / "analysis"
     analysis = analyze(results, reference=args.reference, suite=args.task, n_boot=args.resamples, seed=args.seed,
                        confidence=args.confidence, min_models=args.min_models)
@@ -849,6 +902,20 @@ def cmd_analyze(args) -> int:
 
 
 COMMANDS["analyze"] = cmd_analyze
+
+
+def cmd_export(args) -> int:
+    from lifebench.export import export
+
+    _check_resamples(args.resamples)
+    store_path = args.store or default_store()
+    n = export(store_path, args.out, what=args.what, tasks=args.task, n_resamples=args.resamples, seed=args.seed,
+               confidence=args.confidence)
+    print(f"wrote {n} {'prediction' if args.what == 'predictions' else 'leaderboard'} rows to {args.out}")
+    return 0
+
+
+COMMANDS["export"] = cmd_export
 
 
 def cmd_interpolate(args) -> int:
@@ -898,10 +965,10 @@ COMMANDS["microscopy-report"] = cmd_microscopy_report
 
 def _check_output_folders(args) -> None:
     """Refuse an output folder that cannot be written before any work is done (it is made only when written)."""
-    for option, attr in (("--out", "out"), ("--report-dir", "report_dir"), ("--plot-dir", "plot_dir")):
+    for option, attr in (("--out", "out"), ("--report-dir", "report_dir"), ("--plot-dir", "plot_dir"), ("--html", "html")):
         if (value := getattr(args, attr, None)) is None:
             continue
-        existing = nearest_existing(Path(value).parent if args.command == "embed" else value)  # embed: a file
+        existing = nearest_existing(Path(value).parent if args.command in ("embed", "export") else value)  # a file
         if not existing.is_dir():
             raise ConfigError(f"{option} {value}: {existing} is a file, not a folder; pass a folder path")
         if not os.access(existing, os.W_OK | os.X_OK):

@@ -5,12 +5,15 @@ Precedence everywhere: built-in default < environment variable < command-line op
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from lifebench.errors import ConfigError
 
 __all__ = ["DEFAULT_RESAMPLES", "cache_dir", "data_dir", "default_store", "env_number"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RESAMPLES = 1000
 """Bootstrap resamples for confidence intervals (at least 1000, see docs/statistics.md)."""
@@ -25,10 +28,28 @@ def cache_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Downloaded datasets: ``$LIFEBENCH_DATA``, else ``<cache_dir>/data``."""
+    """Downloaded datasets: ``$LIFEBENCH_DATA``, else ``$XDG_DATA_HOME/lifebench``, else ``~/.local/share/lifebench``.
+
+    Datasets are kept apart from the embedding cache so that clearing the cache (which is safe: it is rebuilt) never
+    deletes downloads that took hours. Older versions put them in ``<cache_dir>/data``; when only that folder exists
+    it is still used, with a one-line notice (logged once per process) saying how to move it.
+    """
     if os.environ.get("LIFEBENCH_DATA"):
         return Path(os.environ["LIFEBENCH_DATA"]).expanduser()
-    return cache_dir() / "data"
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    new = Path(base).expanduser() / "lifebench"
+    old = cache_dir() / "data"
+    if not new.exists() and old.is_dir():
+        if old not in _NOTIFIED:
+            _NOTIFIED.add(old)
+            log.warning("using datasets in the old location %s; datasets now go in %s: move them with "
+                        "`mv %s %s` or set LIFEBENCH_DATA=%s", old, new, old, new, old)
+        return old
+    return new
+
+
+_NOTIFIED: set[Path] = set()
+"""Old data folders already reported, so that the notice is one line per process, not one per call."""
 
 
 def default_store() -> Path:

@@ -7,7 +7,10 @@
 * ``release_date`` and ``params``: suite mean against release date and parameter count, when known.
 
 Matplotlib (``pip install 'lifebench[plots]'``) is imported only here, with the Agg canvas and no pyplot
-state. Model names are drawn as plain text (no math parsing), so any name is safe.
+state. Model names are drawn as plain text (no math parsing), so any name is safe; for the same reason log-axis
+ticks get their own formatter (``10⁷``), since matplotlib's default writes a TeX string (mathdefault) that only
+math parsing would render. Every figure is made for a paper: axes name the metric, each axis holds one statistic,
+point labels that would overlap are moved or left out, and a footnote states the interval method and settings.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import datetime as dt
 import logging
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,11 @@ def write_plots(analysis: Any, out_dir: str | os.PathLike[str]) -> dict[str, dic
             if drawn is None:
                 continue
             title, caption = drawn
+            settings = _settings(analysis)
+            caption = f"{caption} {settings}"
+            fig.supxlabel("\n".join(textwrap.wrap(settings, int(fig.get_figwidth() * 17))), fontsize=6.5,
+                          color=_OTHER, ha="left", x=0.01)
+            _declutter(fig)
             paths = {}
             for ext in ("png", "svg"):
                 paths[ext] = out / f"{name}.{ext}"
@@ -63,6 +72,67 @@ def write_plots(analysis: Any, out_dir: str | os.PathLike[str]) -> dict[str, dic
                 fig.set_layout_engine("none")  # keep the layout computed for the PNG: the SVG is drawn alike
             made[name] = {**paths, "title": title, "caption": caption}
     return made
+
+
+def _settings(a: Any) -> str:
+    """The method and settings behind every interval drawn, as the figure's footnote and the caption's end."""
+    return (f"Intervals: {a.confidence * 100:g}% percentile, {a.interval}; {a.n_boot} resamples, seed {a.seed}. "
+            f"Resampled: {a.results.resampled}")
+
+
+def _metric(a: Any, tasks: list[str]) -> str:
+    """The metric the scores of ``tasks`` are in ("score" when a source does not say or they differ)."""
+    names = {s.metric for s in a.results.scores if s.task in tasks}
+    return names.pop() if len(names) == 1 and "" not in names else "score"
+
+
+def _log_tick(value: float, _pos: Any = None) -> str:
+    """A log-axis tick as plain text: ``10⁷`` for a power of ten, else the number itself (``3×10⁶``, ``500``)."""
+    if value <= 0:
+        return ""
+    k = math.floor(math.log10(value) + 1e-9)
+    mantissa = value / 10**k
+    sup = str(k).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    if abs(mantissa - 1) < 1e-6:
+        return f"10{sup}"
+    return f"{value:g}" if -3 <= k < 4 else f"{mantissa:.2g}×10{sup}"
+
+
+def _declutter(fig: Any) -> None:
+    """Keep point labels from overlapping: each label (in the order drawn) takes the first of a few offsets where
+    it overlaps no label already placed and stays inside its axes, or is hidden. Needs the final layout, so the
+    figure is laid out first."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    labels = [t for ax in fig.axes for t in ax.texts if getattr(t, "_lifebench_point", False)]
+    if not labels:
+        return
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()
+    placed: list[Any] = []
+    for text in labels:
+        box = text.axes.get_window_extent(renderer)
+        for dx, dy, ha, va in ((3, 3, "left", "bottom"), (3, -3, "left", "top"), (-3, 3, "right", "bottom"),
+                               (-3, -3, "right", "top"), (0, 7, "center", "bottom"), (0, -7, "center", "top")):
+            text.set_position((dx, dy))
+            text.set_ha(ha)
+            text.set_va(va)
+            extent = text.get_window_extent(renderer)
+            inside = (extent.x0 >= box.x0 and extent.x1 <= box.x1 and extent.y0 >= box.y0 and extent.y1 <= box.y1)
+            if inside and not any(extent.overlaps(other) for other in placed):
+                placed.append(extent)
+                break
+        else:
+            text.set_visible(False)
+
+
+def _label_points(ax: Any, x: Any, y: Any, labels: list[str]) -> None:
+    """Name each point (placed or dropped by :func:`_declutter` once the figure is laid out), highest first, so
+    that when labels crowd the best models keep theirs."""
+    for i in sorted(range(len(labels)), key=lambda i: -float(y[i])):
+        t = ax.annotate(labels[i], (x[i], y[i]), xytext=(3, 3), textcoords="offset points", fontsize=6.5,
+                        color=_OTHER)
+        t._lifebench_point = True
 
 
 def _labels(a: Any, models: list[str]) -> list[str]:
@@ -93,16 +163,15 @@ def _reference_vs_suite(fig: Any, a: Any) -> tuple[str, str]:
     iv = f" [{r2.low:.2f}, {r2.high:.2f}]" if r2.low is not None else ""
     ax.plot(grid, slope * grid + icept, color=_BEST, lw=1.5, label=f"least squares, R² = {r2.point:.2f}{iv}")
     if len(models) <= _LABEL_LIMIT:
-        for xi, yi, lab in zip(x, y, _labels(a, models), strict=True):
-            ax.annotate(lab, (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6.5, color=_OTHER)
-    ax.set_xlabel(f"{a.results.tasks.get(a.reference, a.reference)} score")
-    ax.set_ylabel(f"suite mean ({len(a.suite)} tasks)")
+        _label_points(ax, x, y, _labels(a, models))
+    ax.set_xlabel(f"{a.results.tasks.get(a.reference, a.reference)} {_metric(a, [a.reference])}")
+    ax.set_ylabel(f"suite mean {_metric(a, a.suite)} ({len(a.suite)} tasks)")
     ax.legend(loc="lower right")
     ax.set_title(f"{a.reference} against the suite mean: Spearman ρ {a.vs_suite.spearman.point:.2f}, "
                  f"Kendall τ-b {a.vs_suite.kendall_tau_b.point:.2f} ({len(models)} models)")
     return (f"{a.reference} score against the suite mean",
             f"Each point is a model; the line is the least-squares fit, R² its squared Pearson correlation "
-            f"({a.confidence * 100:g}% interval: {a.interval}).")
+            f"with its {a.confidence * 100:g}% interval.")
 
 
 def _err(x: np.ndarray, scores: list[Any]) -> np.ndarray | None:
@@ -120,41 +189,45 @@ def _band(ax: Any, ts: list[float], ivs: list[Any], color: str, label: str, lw: 
 
 
 def _sweep(fig: Any, a: Any) -> tuple[str, str] | None:
+    """One statistic per axis: Spearman ρ, Kendall τ-b and the mis-ranked fraction against the suite mean each in
+    a panel of its own, and Kendall τ-b per task in the fourth."""
     rows = [r for r in a.sweep if r.vs_suite is not None]
-    fig.set_size_inches(10.0, 4.2)
-    left, right = fig.subplots(1, 2, sharex=True)
     if not rows:
-        left.text(0.5, 0.5, f"fewer than {a.min_models} models", ha="center", transform=left.transAxes)
         return None
+    fig.set_size_inches(9.0, 6.4)
+    axes = fig.subplots(2, 2, sharex=True)
     ts = [r.threshold for r in rows]
-    _band(left, ts, [r.vs_suite.spearman for r in rows], _BAND, "Spearman ρ")
-    _band(left, ts, [r.vs_suite.kendall_tau_b for r in rows], "#1b7837", "Kendall τ-b")
-    _band(left, ts, [r.vs_suite.misranked for r in rows], _BEST, "mis-ranked pair fraction")
-    left.set_ylim(-1.05, 1.05)
-    left.axhline(0, color="#999999", lw=0.6)
-    left.set_xlabel(f"threshold T: models with {a.reference} ≥ T")
-    left.set_title("against the suite mean")
-    left.legend(loc="lower left", fontsize=7.5)
-    for ax_t, ax_n in ((left, [r.vs_suite.n_models for r in rows]),):
-        twin = ax_t.secondary_xaxis("top")
-        twin.set_ticks(ts, labels=[str(n) for n in ax_n], fontsize=7)
-        twin.set_xlabel("models", fontsize=7.5)
+    xlabel = f"threshold T: models with {a.reference} {_metric(a, [a.reference])} ≥ T"
+    panels = (("spearman", "Spearman ρ", _BAND, (-1.05, 1.05)), ("kendall_tau_b", "Kendall τ-b", "#1b7837",
+              (-1.05, 1.05)), ("misranked", "mis-ranked pair fraction", _BEST, (-0.02, 1.02)))
+    for ax, (attr, label, color, ylim) in zip(axes.flat, panels, strict=False):
+        _band(ax, ts, [getattr(r.vs_suite, attr) for r in rows], color, label)
+        ax.set_ylim(*ylim)
+        if ylim[0] < 0:
+            ax.axhline(0, color="#999999", lw=0.6)
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} with the suite mean", fontsize=9)
+    for ax in axes[0]:
+        twin = ax.secondary_xaxis("top")
+        twin.set_ticks(ts, labels=[str(r.vs_suite.n_models) for r in rows], fontsize=7)
+        twin.set_xlabel("models left", fontsize=7.5)
+    right = axes[1, 1]
     for k, task in enumerate(a.suite):
         pts = [(r.threshold, r.vs_task[task].kendall_tau_b) for r in rows if task in r.vs_task]
-        if len(pts) >= 1:
-            color = f"C{k % 10}"
-            _band(right, [p[0] for p in pts], [p[1] for p in pts], color, a.results.tasks.get(task, task), lw=1.0,
-                  alpha=0.08)
+        if pts:
+            _band(right, [p[0] for p in pts], [p[1] for p in pts], f"C{k % 10}", a.results.tasks.get(task, task),
+                  lw=1.0, alpha=0.08)
     right.set_ylim(-1.05, 1.05)
     right.axhline(0, color="#999999", lw=0.6)
-    right.set_xlabel(f"threshold T: models with {a.reference} ≥ T")
     right.set_ylabel("Kendall τ-b")
-    right.set_title("against each task")
-    right.legend(loc="lower left", fontsize=7, ncols=2)
+    right.set_title("Kendall τ-b with each task", fontsize=9)
+    right.legend(loc="lower left", fontsize=6.5, ncols=2)
+    for ax in axes[1]:
+        ax.set_xlabel(xlabel)
     return ("Threshold sweep",
-            f"Agreement of {a.reference} with the suite (left) and each task (right) among the models whose "
-            f"{a.reference} score is at least T, while at least {a.min_models} models remain; bands: "
-            f"{a.confidence * 100:g}% intervals ({a.interval}).")
+            f"Agreement of {a.reference} with the suite mean (Spearman ρ, Kendall τ-b, mis-ranked pair fraction: one "
+            f"panel each) and Kendall τ-b with each task, among the models whose {a.reference} score is at least T, "
+            f"while at least {a.min_models} models remain; bands: {a.confidence * 100:g}% intervals.")
 
 
 def _task_scores(fig: Any, a: Any) -> tuple[str, str]:
@@ -180,6 +253,7 @@ def _task_scores(fig: Any, a: Any) -> tuple[str, str]:
         ax.scatter(x, y, c=colors, s=14, zorder=3)
         ax.set_yticks(y, labels=_labels(a, [s.model for s in rows_t]) if labelled else [], fontsize=6.5)
         ax.set_title(a.results.tasks.get(task, task) + (" (reference)" if task == a.reference else ""), fontsize=9)
+        ax.set_xlabel(_metric(a, [task]))
         ax.grid(axis="y", alpha=0.1)
     return ("Scores per task",
             "Point estimates with their intervals; red: the task's best model, orange: tied with it (not "
@@ -195,12 +269,15 @@ def _scatter_meta(fig: Any, a: Any, xs: list[Any], xlabel: str, log: bool) -> No
     y = [board[m].mean for _, m in keep]
     ax.scatter(x, y, color=_BAND, s=20)
     if len(keep) <= _LABEL_LIMIT:
-        for xi, yi, lab in zip(x, y, _labels(a, [m for _, m in keep]), strict=True):
-            ax.annotate(lab, (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6.5, color=_OTHER)
+        _label_points(ax, x, y, _labels(a, [m for _, m in keep]))
     if log:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_log_tick))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"suite mean ({len(a.suite)} tasks)")
+    ax.set_ylabel(f"suite mean {_metric(a, a.suite)} ({len(a.suite)} tasks)")
 
 
 def _release(fig: Any, a: Any) -> tuple[str, str] | None:

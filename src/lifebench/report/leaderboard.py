@@ -516,6 +516,9 @@ def _score_task(
         for d in per_seed
     ]  # fmt: skip
     models = sorted(set.intersection(*(set(est) for est in estimates)))
+    if not models:  # each model ran other seeds: no seed average compares them on the same test examples
+        raise DataError(f"task {task}: no model has results for every seed ({', '.join(str(s) for s in sorted(by_seed))})"
+                        "; run each model with the same --seed values, then report again")
     if dropped := sorted(set().union(*(set(est) for est in estimates)) - set(models)):
         logger.warning("task %s: %s lack results for some seeds (%s); they are left out of the seed average", task,
                        ", ".join(dropped), ", ".join(str(s) for s in sorted(by_seed)))
