@@ -256,3 +256,97 @@ def test_a_killed_run_resumes_without_losing_or_duplicating(env):
     assert res.returncode == 0, res.stderr
     assert "1 experiments run, 1 already in the store" in res.stdout
     assert n_experiments(store) == 2
+
+
+def test_bootstrap_seed_means_the_same_in_every_command(env, capsys):
+    """``--bootstrap-seed`` seeds the intervals in run's leaderboard and in report; ``run --seed`` stays the probe
+    seed, and ``report --seed`` still works as a hidden alias of ``--bootstrap-seed`` for existing scripts."""
+    from lifebench.cli import build_parser
+
+    parser = build_parser()
+    for command in (["report"], ["analyze"], ["taxonomy", "--task", "t"], ["microscopy-report"], ["export", "--out",
+                                                                                                   "x.csv"]):
+        assert parser.parse_args([*command, "--bootstrap-seed", "7"]).bootstrap_seed == 7
+        assert parser.parse_args([*command, "--seed", "7"]).bootstrap_seed == 7  # the old spelling
+    run = parser.parse_args(["run", "--model", "pixels", "--seed", "3", "--bootstrap-seed", "5"])
+    assert (run.seed, run.bootstrap_seed) == ([3], 5)
+    help_text = subprocess.run([sys.executable, "-m", "lifebench", "report", "--help"], capture_output=True,
+                               text=True).stdout
+    assert "--bootstrap-seed" in help_text and "--seed" not in help_text.replace("--bootstrap-seed", "")
+
+    data = make_folder(env / "data", per_class=8)
+    for i in range(0, 8, 2):  # mislabelled images, so that scores are below 1 and intervals depend on the seed
+        (data / "ant" / f"ant{i}.png").rename(data / "bee" / f"ant{i}.png")
+    store = env / "results" / "results.sqlite"
+    code, run_out, err = run_cli(["run", "--task", data, "--model", "pixels", "--model", "random-vit", "--workers",
+                                  "0", "--bootstrap-seed", "3", "--out", env / "run"], capsys)
+    assert code == 0, err
+    boards = {}
+    for name, option in (("new", ["--bootstrap-seed", "3"]), ("alias", ["--seed", "3"]), ("default", [])):
+        code, out, err = run_cli(["report", "--store", store, "--out", env / name, *option], capsys)
+        assert code == 0, err
+        boards[name] = json.loads((env / name / "leaderboard.json").read_text())["cells"]
+    run_board = json.loads((env / "run" / "leaderboard.json").read_text())["cells"]
+    assert boards["new"] == boards["alias"] == run_board
+    assert [(c["low"], c["high"]) for c in boards["new"]] != [(c["low"], c["high"]) for c in boards["default"]]
+
+
+def test_report_prints_json_csv_md_and_a_limited_quick_look(env, capsys):
+    """``report --format json|csv|md`` prints only the leaderboard on standard output, parseable and equal to the
+    files it writes; ``--limit 1`` shows only the best model and leaves the files whole."""
+    import csv
+    import io
+
+    data = make_folder(env / "data", per_class=8)
+    for i in range(0, 8, 2):  # mislabelled images, so that the two models differ
+        (data / "ant" / f"ant{i}.png").rename(data / "bee" / f"ant{i}.png")
+    store = env / "results" / "results.sqlite"
+    code, _, err = run_cli(["-q", "run", "--task", data, "--model", "pixels", "--model", "random-vit", "--workers",
+                            "0", "--no-report"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["report", "--store", store, "--out", env / "all", "--format", "json"], capsys)
+    assert code == 0 and "report: " in err and "leaderboard.json" in err
+    printed = json.loads(out)  # nothing but the JSON document on standard output
+    assert printed["cells"] == json.loads((env / "all" / "leaderboard.json").read_text())["cells"]
+    assert {c["backbone"] for c in printed["cells"]} == {"pixels", "random-vit"}
+    (best,) = [c for c in printed["cells"] if c["is_best"]]
+    other = ({"pixels", "random-vit"} - {best["backbone"]}).pop()
+
+    code, out, err = run_cli(["report", "--store", store, "--out", env / "one", "--format", "csv", "--limit", "1"],
+                             capsys)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["backbone"], float(r["point"]), r["is_best"]) for r in rows] == [(best["backbone"], best["point"],
+                                                                                 "True")]
+    assert len(json.loads((env / "one" / "leaderboard.json").read_text())["cells"]) == 2  # files keep every model
+
+    code, out, _ = run_cli(["report", "--store", store, "--out", env / "md", "--format", "md"], capsys)
+    assert code == 0 and out.startswith("| model |") and "report:" not in out
+    code, out, _ = run_cli(["report", "--store", store, "--out", env / "t", "--limit", "1"], capsys)
+    table = out.split("Point estimate")[0]
+    assert code == 0 and best["backbone"] in table and other not in table
+
+
+_COMPLETE = """
+source /dev/stdin <<< "$SCRIPT"
+complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMPREPLY=(); _lifebench; }
+"""
+
+
+@pytest.mark.skipif(not __import__("shutil").which("bash"), reason="needs bash")
+def test_bash_completion_is_made_from_the_parser(capsys):
+    """The script completes commands, each command's visible options (not the hidden --seed alias) and the
+    choices of an option or positional, as bash itself runs it."""
+    code, script, _ = run_cli(["completion", "bash"], capsys)
+    assert code == 0 and "complete -o filenames -F _lifebench lifebench" in script
+    cases = {"lifebench rep": "report", "lifebench report --bootstrap": "--bootstrap-seed",
+             "lifebench report --format ": "table json csv md", "lifebench -q run --con": "--config",
+             "lifebench ls ta": "tasks", "lifebench run --decode re": "reference"}
+    empty = ' ""'  # the word being completed is empty after a trailing space
+    lines = [f'complete_words {w}{empty if w.endswith(" ") else ""}; echo "${{COMPREPLY[*]}}"' for w in cases]
+    res = subprocess.run(["bash", "-c", _COMPLETE + "\n".join(lines)], capture_output=True, text=True,
+                         env={"SCRIPT": script, "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == list(cases.values())
+    report_words = script.split("        report)")[1].split(";;\n        ")[1]
+    assert "--bootstrap-seed" in report_words and "--seed" not in report_words.replace("--bootstrap-seed", "")

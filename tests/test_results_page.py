@@ -290,3 +290,17 @@ def test_page_in_headless_chromium(site, tmp_path: Path) -> None:
         shutil.copy(shot, "/tmp/lb/results_page.png")  # for the lead's closing note; absent folder elsewhere
     except OSError:
         pass
+
+
+def test_tasks_with_many_classes_leave_their_per_class_tables_to_the_files(site, tmp_path, monkeypatch) -> None:
+    """A 1,000-class task would put megabytes of tables on the page: above MAX_PAGE_CLASSES only the files have
+    them. And run writes the page without the per-class files (report --per-class writes those)."""
+    from lifebench.report import html as page_module
+
+    store, _ = site
+    monkeypatch.setattr(page_module, "MAX_PAGE_CLASSES", 2)  # the fixture's tasks have 3 classes
+    out = tmp_path / "small"
+    assert main(["-q", "report", "--store", str(store), "--html", str(out)]) == 0
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "true \\ predicted" not in text and "alert(1)" in text  # no confusion matrix; the gallery still names it
+    assert not (store.parent / "per_class.csv").exists()  # run wrote its page but no per-class files

@@ -182,3 +182,36 @@ def test_slurm_sweep_runs_and_survives_a_cancel(tmp_path):
     assert "sweep: 24 planned, 24 done, 0 running, 0 failed, 0 remaining" in out.stdout, out.stdout + out.stderr
     assert _counts(tmp_path / "out" / "results.sqlite") == (24, 24, "ok")
     print(f"Slurm rerun after a cancel: {time.perf_counter() - t0:.1f} s")
+
+
+def test_run_config_file_takes_the_sweep_keys_and_the_command_line_wins(tmp_path, capsys, monkeypatch):
+    """``run --config`` reads a sweep file's keys through the same table: defaults < file < command line, and a
+    list given on the command line replaces the file's rather than extending it."""
+    from lifebench.cli import build_parser
+
+    monkeypatch.setenv("LIFEBENCH_CACHE", str(tmp_path / "cache"))
+    make_folder(tmp_path / "data" / "a", per_class=4)
+    config = tmp_path / "run.toml"
+    config.write_text('models = ["pixels", "random-vit"]\ntasks = ["data/a"]\nseeds = [0, 1]\nloader_workers = 0\n'
+                      'store = "out/results.sqlite"\n[executor]\nkind = "local"\n')  # a sweep file is a config file
+    args = build_parser().parse_args(["run", "--config", str(config)])
+    assert (args.model, args.seed, args.workers) == (["pixels", "random-vit"], [0, 1], 0)
+    assert args.task == [str(tmp_path / "data" / "a")] and args.store == tmp_path / "out" / "results.sqlite"
+    assert args.batch_size is None and args.protocol is None  # what neither gives keeps its default
+    args = build_parser().parse_args(["run", "--config", str(config), "--model", "pixels", "--workers", "1"])
+    assert (args.model, args.seed, args.workers) == (["pixels"], [0, 1], 1)
+
+    assert main(["run", "--config", str(config), "--dry-run"]) == 0
+    assert "plan: 4 jobs" in capsys.readouterr().out
+    assert main(["run", "--config", str(config), "--seed", "5"]) == 0  # one key overridden: 2 models x 1 seed
+    assert "2 experiments run" in capsys.readouterr().out
+    with sqlite3.connect(tmp_path / "out" / "results.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 2
+
+    config.write_text('models = ["pixels"]\ntasks = ["data/a"]\nworkers = 0\nloader_workers = 0\n')
+    assert main(["run", "--config", str(config)]) == 2
+    assert "loader_workers and workers are the same setting; keep workers" in capsys.readouterr().err
+    config.write_text('models = ["pixels"]\ntask = ["data/a"]\n')
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {config}: unknown key 'task'; did you mean 'tasks'?" in err and len(err.splitlines()) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,40 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _RootParser(_Parser):
+    """The ``lifebench`` parser: ``run --config FILE`` is merged here, so that the command line, a sweep's workers
+    and the Python API (which all parse through this parser) read a config file the same way."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(_merge_run_config(self, argv), namespace)
+
+
+def _merge_run_config(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with the keys of ``run --config FILE`` put in: defaults < file < command line. A key the command
+    line gives is dropped from the file's (a list such as --model is replaced, not extended)."""
+    if "run" not in argv or not any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv
+    run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]  # noqa: SLF001
+    saved = [(a, a.default, a.required) for a in run._actions]  # noqa: SLF001
+    try:  # parse once with no defaults and nothing required: what is left is what the command line gave
+        for action, _, _ in saved:
+            action.default, action.required = argparse.SUPPRESS, False
+        given = vars(_Parser.parse_known_args(parser, argv)[0])
+    finally:
+        for action, default, required in saved:
+            action.default, action.required = default, required
+    if given.get("command") != "run" or "config" not in given:
+        return argv
+    from lifebench.runner.sweep import read_run_config
+
+    options = run._option_string_actions  # noqa: SLF001
+    from_file = [x for option, group in read_run_config(given["config"])
+                 if options[option].dest not in given for x in group]
+    at = next(i for i, a in enumerate(argv) if not a.startswith("-"))  # the command (global options take no value)
+    return [*argv[:at + 1], *from_file, *argv[at + 1:]]
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -77,14 +112,40 @@ def _add_decode_option(p: argparse.ArgumentParser) -> None:
                    "reproduce their numbers); part of the embedding cache key and of the experiment's config")
 
 
-def _add_bootstrap_options(p: argparse.ArgumentParser, *, seed: bool = False, confidence: bool = False) -> None:
+def _add_bootstrap_options(p: argparse.ArgumentParser, *, seed_alias: bool = False,
+                            confidence: bool = False) -> None:
+    """The bootstrap's settings, named alike in every command. ``--bootstrap-seed`` is the bootstrap seed
+    everywhere, because ``run --seed`` is the probe seed; ``seed_alias`` keeps the hidden ``--seed`` spelling in the
+    commands where it used to mean the bootstrap seed, so existing scripts keep working."""
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
-    if seed:
-        p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    if seed_alias:  # first, so that the visible spelling is the option's name (the Python API maps dest -> option)
+        p.add_argument("--seed", dest="bootstrap_seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     if confidence:
         p.add_argument("--confidence", type=float, default=0.95,
                        help="interval level (default 0.95); where models are marked tied with the best, the tie test "
                        "runs at family-wise error 1 - confidence (0.05)")
+
+
+def _add_output_format_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["table", "json", "csv", "md"], default="table",
+                   help="how the leaderboard is printed to standard output: table (aligned text, default), json, csv "
+                   "(one row per cell, the columns of leaderboard.csv) or md; with json, csv and md standard output "
+                   "holds only the leaderboard, so it can be piped (the files written are named on standard error)")
+    p.add_argument("--limit", type=_at_least(1), default=None, metavar="N",
+                   help="print only the first N models (best first by mean score) for a quick look; the files "
+                   "written keep every model")
+
+
+def _first_models(board, limit: int | None):
+    """``board`` with only its first ``limit`` models (best first), for ``--limit``; the marks of best and tied
+    stay those of the whole board, so a quick look never calls a model best that is not."""
+    if limit is None:
+        return board
+    import dataclasses
+
+    keep = set(board.models()[:limit])
+    return dataclasses.replace(board, cells=tuple(c for c in board.cells if (c.backbone, c.protocol) in keep))
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
@@ -98,7 +159,7 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lifebench", description=(
+    parser = _RootParser(prog="lifebench", description=(
         "Choose a vision model for your biology images: embed once with frozen backbones, fit light probes, "
         "and compare with paired bootstrap confidence intervals."))
     parser.add_argument("--version", action="version", version=f"lifebench {__version__}")
@@ -109,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="evaluate models on tasks and store the results",
                        description="Evaluate each --model on each --task with each --protocol; finished "
                        "experiments are skipped unless --force. Prints the leaderboard of the tasks run.")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="read options from a TOML file with the keys of a sweep file (models, tasks, seeds, workers, "
+                   "...; see docs/sweeps.md); an option given on the command line replaces the file's")
     p.add_argument("--task", action="append", default=[], metavar="TASK",
                    help="a folder (class sub-folders, optionally under train/ and test/), a CSV/Parquet manifest "
                    "(path,label[,split][,group]) or a task name from 'lifebench ls tasks'; repeatable")
@@ -146,8 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(p)
     p.add_argument("--store", type=Path, default=None,
                    help="results database (default $LIFEBENCH_STORE or lifebench-results/results.sqlite)")
-    p.add_argument("--report-dir", type=Path, default=None,
-                   help="also write leaderboard.{md,csv,json} here (default: next to the store)")
+    # --out names a command's output folder in every command; --report-dir is the older name, still read
+    p.add_argument("--report-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", dest="report_dir", type=Path, default=None,
+                   help="write leaderboard.{md,csv,json} and the results page here (default: next to the store)")
     _add_bootstrap_options(p)
     p.add_argument("--force", action="store_true", help="recompute experiments already in the store")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what would be skipped, then stop")
@@ -220,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default=None,
                    help="score every task with this metric instead of its own (e.g. accuracy, top5_accuracy, "
                    "top1_accuracy or mean_ap for re-identification; see 'lifebench ls metrics')")
-    _add_bootstrap_options(p, seed=True, confidence=True)
+    _add_bootstrap_options(p, seed_alias=True, confidence=True)
     p.add_argument("--per-class", type=_at_least(1), nargs="?", const=5, default=None, metavar="N",
                    help="also score every class (F1 with paired intervals, precision, recall) and each model's "
                    "confusion matrix: per_class.csv, per_class.json, confusion/; print the best model's N lowest "
@@ -233,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", type=Path, default=None, metavar="DIR",
                    help="also write a results page DIR/index.html: leaderboard, per-class F1, confusion matrices, "
                    "the images each model got wrong, sample-efficiency curves (static, works offline)")
+    _add_output_format_options(p)
 
     p = sub.add_parser("merge", help="copy the experiments of other stores into one (no duplicates)",
                        description="Copy every experiment of each FROM store into INTO (created if missing). An "
@@ -250,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=None, metavar="ID", help="only these models; repeatable")
     p.add_argument("--specialist", action="append", default=[], metavar="ID", help="tag this model a specialist")
     p.add_argument("--generalist", action="append", default=[], metavar="ID", help="tag this model a generalist")
-    _add_bootstrap_options(p, seed=True)
+    _add_bootstrap_options(p, seed_alias=True)
     p.add_argument("--no-plots", action="store_true", help="skip the bar plots")
 
     p = sub.add_parser("interpolate", help="weight-space interpolation (WiSE-FT) of two checkpoints, scored per suite",
@@ -288,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="projection of the pictures (default tsne; umap needs umap-learn)")
     p.add_argument("--out", type=Path, default=None,
                    help="write taxonomy-<task>.{txt,csv,json} here (default: next to the store)")
-    _add_bootstrap_options(p, seed=True, confidence=True)
+    _add_bootstrap_options(p, seed_alias=True, confidence=True)
     _add_task_options(p)
     _add_common_run_options(p)
 
@@ -308,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="suite task; repeatable (default: BioBench's benchmark tasks, or the store's ecology tasks)")
     p.add_argument("--out", type=Path, default=None,
                    help="report folder (default: 'analysis' next to the store, or lifebench-analysis)")
-    _add_bootstrap_options(p, seed=True, confidence=True)
+    _add_bootstrap_options(p, seed_alias=True, confidence=True)
     p.add_argument("--min-models", type=int, default=10, help="threshold sweep: fewest models at a threshold (default 10)")
     p.add_argument("--clip-metric", default="acc1", choices=["acc1", "acc5", "mean_per_class_recall"],
                    help="CLIP_benchmark metric to import (default acc1)")
@@ -325,7 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", choices=["predictions", "leaderboard"], default="predictions",
                    help="per-image predictions (default) or the leaderboard cells")
     p.add_argument("--task", action="append", default=None, help="only these tasks; repeatable")
-    _add_bootstrap_options(p, seed=True, confidence=True)
+    _add_bootstrap_options(p, seed_alias=True, confidence=True)
+
+    p = sub.add_parser("completion", help="print a shell completion script",
+                       description="Print a bash completion script for lifebench, made from this version's options. "
+                       "Load it with: source <(lifebench completion bash), or save it to "
+                       "~/.local/share/bash-completion/completions/lifebench.")
+    p.add_argument("shell", choices=["bash"], help="the shell (bash)")
     return parser
 
 
@@ -406,17 +479,19 @@ def _check_resamples(n: int) -> None:
         raise ConfigError(f"--resamples {n} is too few for stable 95% intervals; use 1000 or more")
 
 
-def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None, metric: str | None = None) -> None:
+def _print_leaderboard(store, task_names, resamples: int, out_dir: Path | None, metric: str | None = None,
+                       seed: int = 0) -> None:
     from lifebench.report import build_leaderboard
 
-    board = build_leaderboard(store, tasks=task_names, n_resamples=resamples, metric=metric,
+    board = build_leaderboard(store, tasks=task_names, n_resamples=resamples, metric=metric, seed=seed,
                               per_class=out_dir is not None)  # the results page shows per-class scores
     print()
     print(board.to_text())
     if out_dir is not None:
         from lifebench.report.html import write_results_page
 
-        written = board.write(out_dir)
+        # per-class scores for the page only: their files (one dense confusion CSV per model) come with report --per-class
+        written = dataclasses.replace(board, per_class=None).write(out_dir)
         written["html"] = write_results_page(store, out_dir, board=board)
         print(f"\nreport: {', '.join(str(p) for p in written.values())}")
 
@@ -434,7 +509,7 @@ def _task_line(task) -> str:
     return f"task {task.name}: {len(labels)} images ({what}); {split}"
 
 
-def _print_accuracy(store, tasks, resamples: int) -> None:
+def _print_accuracy(store, tasks, resamples: int, seed: int = 0) -> None:
     """Accuracy of every model, and the share of the most common test class, per task: what a reader compares a
     macro-F1 leaderboard against (a probe that always answers the majority class scores this accuracy). Tasks
     scored on single labels only (not re-identification, per-part or multiple-choice tasks)."""
@@ -445,7 +520,8 @@ def _print_accuracy(store, tasks, resamples: int) -> None:
     tasks = [t for t in tasks if t.kind in ("plain", "folds")]
     if not tasks:
         return
-    acc = build_leaderboard(store, tasks=[t.name for t in tasks], n_resamples=resamples, metric="accuracy")
+    acc = build_leaderboard(store, tasks=[t.name for t in tasks], n_resamples=resamples, metric="accuracy",
+                            seed=seed)
     for task in tasks:
         print("\naccuracy:" if len(tasks) == 1 else f"\naccuracy on {task.name}:")
         for cell in sorted((c for c in acc.cells if c.task == task.name), key=lambda c: -c.point):
@@ -569,8 +645,8 @@ def cmd_run(args, plan=None) -> int:
         scored = {r.job.task.name: r.job.task for r in results if r.status in ("done", "skipped")}
         if scored and not args.no_report:
             _print_leaderboard(store, sorted(scored), args.resamples,
-                               args.report_dir or Path(store_path).parent)
-            _print_accuracy(store, [scored[name] for name in sorted(scored)], args.resamples)
+                               args.report_dir or Path(store_path).parent, seed=args.bootstrap_seed)
+            _print_accuracy(store, [scored[name] for name in sorted(scored)], args.resamples, args.bootstrap_seed)
     return 1 if failed else 0
 
 
@@ -633,8 +709,8 @@ def cmd_demo(args) -> int:
         n_skip = sum(r.status == "skipped" for r in results)
         print(f"{len(results) - n_skip} models evaluated, {n_skip} already in {out}/results.sqlite; "
               f"{n_img} images through a model")
-        _print_leaderboard(store, [task.name], args.resamples, out)
-        _print_accuracy(store, [task], args.resamples)
+        _print_leaderboard(store, [task.name], args.resamples, out, seed=args.bootstrap_seed)
+        _print_accuracy(store, [task], args.resamples, args.bootstrap_seed)
         print(f"\ntotal {time.perf_counter() - t0:.1f} s; results in {out}/")
     return 0
 
@@ -755,21 +831,28 @@ def cmd_report(args) -> int:
     from lifebench.report import build_leaderboard
 
     with open_results(store_path) as store:  # a store, or a predictions export rebuilt as one
-        board = build_leaderboard(store, tasks=args.task, n_resamples=args.resamples, seed=args.seed,
+        board = build_leaderboard(store, tasks=args.task, n_resamples=args.resamples, seed=args.bootstrap_seed,
                                   confidence=args.confidence, metric=args.metric,
                                   per_class=args.per_class is not None or args.html is not None,
                                   compare=args.compare, power=args.power)
-        print(board.to_text())
-        if board.labels_needed:
-            print(board.labels_needed_text())
-        if board.per_class is not None and args.per_class is not None:
-            print(board.per_class.to_text(args.per_class))
-        written = board.write(args.out or Path(store_path).parent)
+        shown = _first_models(board, args.limit)
+        if args.format == "table":
+            print(shown.to_text())
+            if board.labels_needed:
+                print(board.labels_needed_text())
+            if board.per_class is not None and args.per_class is not None:
+                print(board.per_class.to_text(args.per_class))
+        else:
+            print({"json": shown.json_text, "csv": shown.csv_text, "md": shown.to_markdown}[args.format](), end="")
+        # per-class files (a dense confusion CSV per model) only when asked for; the page shows them anyway
+        files = board if args.per_class is not None else dataclasses.replace(board, per_class=None)
+        written = files.write(args.out or Path(store_path).parent)
         if args.html is not None:
             from lifebench.report.html import write_results_page
 
             written["html"] = write_results_page(store, args.html, board=board)
-    print(f"\nreport: {', '.join(str(p) for p in written.values())}")
+    print(f"\nreport: {', '.join(str(p) for p in written.values())}",
+          file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
 
 
@@ -848,7 +931,7 @@ def cmd_taxonomy(args) -> int:
 
     _check_resamples(args.resamples)
     store_path = args.store or default_store()
-    kw = {"n_resamples": args.resamples, "seed": args.seed, "confidence": args.confidence}
+    kw = {"n_resamples": args.resamples, "seed": args.bootstrap_seed, "confidence": args.confidence}
     with Store(store_path, create=False) as store:
         task, name = None, args.task
         if args.plot_dir is not None or name not in {e.task for e in store.experiments()}:
@@ -890,10 +973,11 @@ def cmd_analyze(args) -> int:
         from lifebench.export import open_results
 
         with open_results(store_path) as store:  # a store, or a predictions export rebuilt as one
-            results = from_store(store, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+            results = from_store(store, n_resamples=args.resamples, seed=args.bootstrap_seed,
+                                 confidence=args.confidence)
         out = args.out or Path(store_path).parent / "analysis"
-    analysis = analyze(results, reference=args.reference, suite=args.task, n_boot=args.resamples, seed=args.seed,
-                       confidence=args.confidence, min_models=args.min_models)
+    analysis = analyze(results, reference=args.reference, suite=args.task, n_boot=args.resamples,
+                       seed=args.bootstrap_seed, confidence=args.confidence, min_models=args.min_models)
     print(analysis.to_text())
     written = write_report(analysis, out, plots=not args.no_plots)
     print(f"report: {written['html']} (with results.parquet, results.csv, results.json, analysis.txt, analysis.json"
@@ -909,8 +993,8 @@ def cmd_export(args) -> int:
 
     _check_resamples(args.resamples)
     store_path = args.store or default_store()
-    n = export(store_path, args.out, what=args.what, tasks=args.task, n_resamples=args.resamples, seed=args.seed,
-               confidence=args.confidence)
+    n = export(store_path, args.out, what=args.what, tasks=args.task, n_resamples=args.resamples,
+               seed=args.bootstrap_seed, confidence=args.confidence)
     print(f"wrote {n} {'prediction' if args.what == 'predictions' else 'leaderboard'} rows to {args.out}")
     return 0
 
@@ -934,7 +1018,8 @@ def cmd_interpolate(args) -> int:
                          num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force,
                          show_progress=not args.quiet)
     with Store(store_path) as store:
-        result = evaluate(args.a, args.b, alphas, tasks, groups, store, options, n_resamples=args.resamples)
+        result = evaluate(args.a, args.b, alphas, tasks, groups, store, options, n_resamples=args.resamples,
+                          seed=args.bootstrap_seed)
     print(result.to_text())
     written = result.write(args.out or Path(store_path).parent)
     print(f"report: {', '.join(str(p) for p in written.values())}")
@@ -952,8 +1037,8 @@ def cmd_microscopy_report(args) -> int:
     if not Path(store_path).exists():
         raise ConfigError(f"no results store at {store_path}; run 'lifebench run --suite microscopy' first or pass --store")
     kinds = {**{m: "specialist" for m in args.specialist}, **{m: "generalist" for m in args.generalist}}
-    report = build(store_path, args.data_root or data_dir(), kinds=kinds, n_resamples=args.resamples, seed=args.seed,
-                   models=args.model)
+    report = build(store_path, args.data_root or data_dir(), kinds=kinds, n_resamples=args.resamples,
+                   seed=args.bootstrap_seed, models=args.model)
     print(report.to_text())
     written = report.write(args.out or Path(store_path).parent, plots=not args.no_plots)
     print(f"report: {', '.join(str(p) for p in written.values())}")
@@ -963,9 +1048,63 @@ def cmd_microscopy_report(args) -> int:
 COMMANDS["microscopy-report"] = cmd_microscopy_report
 
 
+def bash_completion(parser: argparse.ArgumentParser) -> str:
+    """A bash completion script made from ``parser``, so it never lists an option the parser lacks: commands, each
+    command's visible options, the choices of an option or positional that has them, and file names otherwise."""
+    import shlex
+
+    def visible(actions) -> list[str]:
+        return [o for a in actions if a.help != argparse.SUPPRESS for o in a.option_strings]
+
+    def choice_cases(actions) -> str:
+        cases = [f"            {'|'.join(a.option_strings)}) COMPREPLY=($(compgen -W "
+                 f"{shlex.quote(' '.join(map(str, a.choices)))} -- \"$cur\")); return;;"
+                 for a in actions if a.option_strings and a.choices and a.help != argparse.SUPPRESS]
+        return "\n".join(cases)
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    blocks = []
+    for name, p in sub.choices.items():
+        positional = [str(c) for a in p._actions if not a.option_strings and a.choices for c in a.choices]  # noqa: SLF001
+        cases = choice_cases(p._actions)  # noqa: SLF001
+        blocks.append(f"        {name})\n"
+                      + (f"            case \"$prev\" in\n{cases}\n            esac\n" if cases else "")
+                      + f"            words={shlex.quote(' '.join(visible(p._actions)))}"  # noqa: SLF001
+                      + f" positional={shlex.quote(' '.join(positional))};;")
+    top = " ".join([*sub.choices, *visible(parser._actions)])  # noqa: SLF001
+    return f"""# bash completion for lifebench {__version__}; made by 'lifebench completion bash'
+_lifebench() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}" cmd="" words positional i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in -*) ;; *) cmd="${{COMP_WORDS[i]}}"; break;; esac
+    done
+    case "$cmd" in
+        "") COMPREPLY=($(compgen -W {shlex.quote(top)} -- "$cur")); return;;
+{chr(10).join(blocks)}
+        *) return;;
+    esac
+    if [[ "$cur" == -* ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$cur"))
+    elif [[ -n "$positional" ]]; then
+        COMPREPLY=($(compgen -W "$positional" -- "$cur"))
+    fi
+    [[ ${{#COMPREPLY[@]}} -gt 0 ]] || COMPREPLY=($(compgen -f -- "$cur"))
+}}
+complete -o filenames -F _lifebench lifebench
+"""
+
+
+def cmd_completion(args) -> int:
+    print(bash_completion(build_parser()), end="")
+    return 0
+
+
+COMMANDS["completion"] = cmd_completion
+
+
 def _check_output_folders(args) -> None:
     """Refuse an output folder that cannot be written before any work is done (it is made only when written)."""
-    for option, attr in (("--out", "out"), ("--report-dir", "report_dir"), ("--plot-dir", "plot_dir"), ("--html", "html")):
+    for option, attr in (("--out", "out"), ("--out", "report_dir"), ("--plot-dir", "plot_dir"), ("--html", "html")):
         if (value := getattr(args, attr, None)) is None:
             continue
         existing = nearest_existing(Path(value).parent if args.command in ("embed", "export") else value)  # a file
@@ -977,7 +1116,11 @@ def _check_output_folders(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except LifebenchError as e:  # a bad run --config file
+        print(f"lifebench: error: {e}", file=sys.stderr)
+        return e.exit_code
     if not args.command:
         parser.print_help()
         return 2

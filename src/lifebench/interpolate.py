@@ -229,7 +229,7 @@ def resolve_groups(groups: dict[str, list[str]], tasks: list) -> dict[str, list[
 
 
 def evaluate(a: str, b: str, alphas: list[float], tasks: list, groups: dict[str, list[str]], store, options,
-             *, n_resamples: int = 1000) -> Interpolation:
+             *, n_resamples: int = 1000, seed: int = 0) -> Interpolation:
     """Write the checkpoints, run every task on each (skipping what the store holds), and collect the scores.
 
     ``groups`` may name a task by the path it was loaded from (``--task /data/folder``); the result's groups and rows
@@ -244,7 +244,7 @@ def evaluate(a: str, b: str, alphas: list[float], tasks: list, groups: dict[str,
     groups = resolve_groups(groups, tasks)
     models = checkpoints(a, b, alphas, options.cache_dir)
     run_jobs(expand(tasks, [m for _, m in models]), store, options)
-    board = build_leaderboard(store, tasks=[t.name for t in tasks], n_resamples=n_resamples)
+    board = build_leaderboard(store, tasks=[t.name for t in tasks], n_resamples=n_resamples, seed=seed)
     cells = {(c.backbone, c.task): c for c in board.cells}
     result = Interpolation(a=a, b=b, groups=groups)
     for alpha, model in models:

@@ -29,17 +29,21 @@ __all__ = ["render_results_page", "write_results_page"]
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).parent / "templates"
 MAX_WRONG = 50
+MAX_PAGE_CLASSES = 100
+"""Tasks with more classes get no per-class table or confusion matrix on the page (1,000 classes x 85 models would
+be megabytes of HTML); `lifebench report --per-class` writes them as CSV and JSON instead."""
 """Wrong test images shown per model and task (the most confident mistakes first)."""
 THUMB_SIZE = (160, 160)
 _N_TRAIN = re.compile(r"^(?P<base>.+)@n(?P<n>\d+)$")
 
 
 def _env():
+    """The Jinja2 environment of every lifebench page (this one and ``analyze``'s): templates are read as package
+    data so that an installed wheel finds them, and autoescaping keeps names from the user's data inert."""
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+    return jinja2.Environment(loader=jinja2.PackageLoader("lifebench.report", "templates"), autoescape=True,
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
@@ -55,8 +59,9 @@ class _ImagePaths:
 
     Folder tasks key examples by the path relative to the folder and manifests by their path column (relative to
     the manifest), so ``source/id`` (or the manifest's folder / id) is tried first; otherwise the task is loaded again with :func:`lifebench.tasks.resolve_task` and its
-    ``Examples`` give the path of each id. Built-in benchmarks (whose source is not a path) and moved data give no
-    path: the gallery then shows the id alone.
+    ``Examples`` give the path of each id. A registered task whose source is not a path is loaded by its name (the
+    demo's photos; a benchmark from the default data folder). Moved or absent data gives no path: the gallery then
+    shows the id alone.
     """
 
     def __init__(self) -> None:
@@ -64,12 +69,13 @@ class _ImagePaths:
 
     def path(self, exp: Experiment, example_id: str) -> Path | None:
         source = str(exp.config.get("task_source") or "")
-        if not source or not os.path.exists(source):
-            return None
-        # folder ids are relative to the folder; a manifest's ids are usually its paths, relative to the manifest
-        direct = (Path(source) if os.path.isdir(source) else Path(source).parent) / example_id
-        if direct.is_file():
-            return direct
+        if source and os.path.exists(source):
+            # folder ids are relative to the folder; a manifest's ids are usually its paths, relative to the manifest
+            direct = (Path(source) if os.path.isdir(source) else Path(source).parent) / example_id
+            if direct.is_file():
+                return direct
+        else:  # a registered task (the demo's photos, a benchmark in the default data folder): load it by name
+            source = exp.task.split("@")[0]
         if source not in self._by_source:
             self._by_source[source] = self._load(source)
         found = (self._by_source[source] or {}).get(example_id)
@@ -88,18 +94,24 @@ class _ImagePaths:
 
 
 def _thumbnail(image: Path, out_dir: Path) -> str | None:
-    """``thumbs/<hash>.jpg`` (relative to the page) of ``image``, made once; None when it cannot be read."""
-    from PIL import Image
+    """``thumbs/<hash>.jpg`` (relative to the page) of ``image``, made once; None when it cannot be read.
+
+    Decoded as lifebench's default decoding shows images to a model (transparency on white, EXIF rotation applied),
+    so a cut-out photo looks as the model saw it; written to a temporary name and renamed, so a killed report never
+    leaves a half-written thumbnail that a later one would reuse."""
+    from lifebench.images import load_rgb
 
     name = hashlib.sha256(str(image.resolve()).encode()).hexdigest()[:20] + ".jpg"
     target = out_dir / "thumbs" / name
     if not target.exists():
         try:
-            with Image.open(image) as im:
-                im.thumbnail(THUMB_SIZE)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                im.convert("RGB").save(target, "JPEG", quality=80)
-        except OSError as exc:
+            im = load_rgb(image)
+            im.thumbnail(THUMB_SIZE)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            im.save(partial, "JPEG", quality=80)
+            os.replace(partial, target)
+        except (OSError, LifebenchError) as exc:
             logger.warning("results page: no thumbnail of %s (%s)", image, exc)
             return None
     return f"thumbs/{name}"
@@ -149,6 +161,10 @@ def _per_class(board: Leaderboard) -> list[dict[str, Any]]:
     for col, scores in sorted(by_col.items()):
         models = list(dict.fromkeys((s.backbone, s.protocol) for s in scores))
         classes = sorted({s.class_name for s in scores})
+        if len(classes) > MAX_PAGE_CLASSES:
+            logger.info("%s: %d classes; the page leaves out its per-class table and confusion matrices (lifebench "
+                        "report --per-class writes them as files)", col[0], len(classes))
+            continue
         table = {(s.class_name, s.backbone, s.protocol): s for s in scores}
         support = {s.class_name: s.support for s in scores if (s.backbone, s.protocol) == models[0]}
         rows = []

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import datetime as dt
 import functools
+import io
 import json
 import logging
 import math
@@ -231,29 +232,37 @@ class Leaderboard:
                 out.append(f"{task} ({metric}{some}): {w}")
         return out
 
+    def csv_text(self) -> str:
+        """One row per cell (long format) with a header of the :class:`Cell` fields (``report --format csv``)."""
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(Cell)])
+        writer.writeheader()
+        for cell in self.cells:
+            writer.writerow({k: ("" if v is None else "; ".join(v) if isinstance(v, list) else v)
+                             for k, v in dataclasses.asdict(cell).items()})
+        return buf.getvalue()
+
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write one row per cell (long format) with a header of the :class:`Cell` fields."""
+        """Write :meth:`csv_text` to ``path``."""
         path = Path(path)
-        names = [f.name for f in dataclasses.fields(Cell)]
         with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=names)
-            writer.writeheader()
-            for cell in self.cells:
-                writer.writerow({k: ("" if v is None else "; ".join(v) if isinstance(v, list) else v)
-                                 for k, v in dataclasses.asdict(cell).items()})
+            fh.write(self.csv_text())
         return path
 
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``{"meta": ..., "cells": [...]}``; non-finite numbers become null."""
-        path = Path(path)
-
+    def json_text(self) -> str:
+        """``{"meta": ..., "cells": [...], "labels_needed": [...]}``; non-finite numbers become null."""
         def finite(v: object) -> object:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
         cells = [{k: finite(v) for k, v in dataclasses.asdict(c).items()} for c in self.cells]
         needed = [{k: finite(v) for k, v in dataclasses.asdict(r).items()} for r in self.labels_needed]
-        path.write_text(json.dumps({"meta": self.meta, "cells": cells, "labels_needed": needed}, indent=2,
-                                   ensure_ascii=False) + "\n")
+        return json.dumps({"meta": self.meta, "cells": cells, "labels_needed": needed}, indent=2,
+                          ensure_ascii=False) + "\n"
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`json_text` to ``path``."""
+        path = Path(path)
+        path.write_text(self.json_text())
         return path
 
     def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:

@@ -32,22 +32,26 @@ from typing import Any
 
 from lifebench.errors import ConfigError
 
-__all__ = ["SWEEP_KEYS", "SweepSpec", "load", "run_local", "status_text", "submit_slurm", "wait_slurm"]
+__all__ = ["KEY_ALIASES", "SWEEP_KEYS", "SweepSpec", "load", "read_run_config", "run_local", "run_option_groups",
+           "status_text", "submit_slurm", "wait_slurm"]
 
 log = logging.getLogger(__name__)
 
-# sweep key -> (run option, kind); "list" repeats the option, "flag" is a boolean switch
+# sweep (and ``run --config``) key -> (run option, kind); "list" repeats the option, "flag" is a boolean switch
 SWEEP_KEYS: dict[str, tuple[str, str]] = {
     "models": ("--model", "list"), "tasks": ("--task", "list"), "suites": ("--suite", "list"),
     "protocols": ("--protocol", "list"), "seeds": ("--seed", "list"), "n_train": ("--n-train", "list"),
     "shots": ("--shots", "csv"), "params": ("--param", "table"), "text_type": ("--text-type", "value"),
     "templates": ("--templates", "path"), "data_root": ("--data-root", "path"), "store": ("--store", "path"),
     "cache_dir": ("--cache-dir", "path"), "device": ("--device", "value"), "batch_size": ("--batch-size", "value"),
-    "loader_workers": ("--workers", "value"), "test_size": ("--test-size", "value"), "folds": ("--folds", "value"),
+    "workers": ("--workers", "value"), "test_size": ("--test-size", "value"), "folds": ("--folds", "value"),
     "split_seed": ("--split-seed", "value"), "resamples": ("--resamples", "value"),
+    "bootstrap_seed": ("--bootstrap-seed", "value"), "endpoint": ("--endpoint", "value"),
     "skip_bad_images": ("--skip-bad-images", "flag"), "force": ("--force", "flag"),
     "decode": ("--decode", "value"), "answer_scoring": ("--answer-scoring", "value"),
 }
+# older spellings of keys, still read: alias -> key
+KEY_ALIASES = {"loader_workers": "workers"}
 EXECUTOR_KEYS = ("kind", "processes", "slurm")
 SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "folder",
               "account", "qos", "constraint", "additional_parameters")
@@ -66,26 +70,34 @@ def _unknown(where: str, key: str, valid: Any) -> ConfigError:
     return ConfigError(f"{where}: unknown key {key!r}{hint} (valid keys: {', '.join(sorted(valid))})")
 
 
-def load(path: str | os.PathLike[str]) -> SweepSpec:
-    """Read a sweep file into ``lifebench run`` arguments and the executor settings; paths in it are relative
-    to the file's folder."""
-    path = Path(path)
+def _read(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise ConfigError(f"cannot read sweep file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"sweep file {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
+
+
+def run_option_groups(data: dict[str, Any], path: Path, what: str = "sweep file") -> list[tuple[str, list[str]]]:
+    """The run keys of a sweep or config file as ``lifebench run`` arguments, one ``(option, argv)`` group per key,
+    so that ``run --config`` can drop a key the command line gives again. Paths are relative to the file's folder.
+    One table and one validation for both files, so a key means the same in a sweep and in ``run --config``."""
     base = path.resolve().parent
-    executor = data.pop("executor", {})
-    argv: list[str] = []
+    where = f"{what} {path}"
+    for alias, key in KEY_ALIASES.items():
+        if alias in data and key in data:
+            raise ConfigError(f"{where}: {alias} and {key} are the same setting; keep {key}")
+    groups: list[tuple[str, list[str]]] = []
     for key, value in data.items():
+        key = KEY_ALIASES.get(key, key)
         if key not in SWEEP_KEYS:
-            raise _unknown(f"sweep file {path}", key, SWEEP_KEYS)
+            raise _unknown(where, key, SWEEP_KEYS)
         option, kind = SWEEP_KEYS[key]
+        argv: list[str] = []
         if kind == "list":
             values = value if isinstance(value, list) else [value]
-            if key == "tasks":  # a task folder or manifest is relative to the sweep file, a task name is not
+            if key == "tasks":  # a task folder or manifest is relative to the file, a task name is not
                 values = [str(base / v) if (base / str(v)).exists() else v for v in values]
             for v in values:
                 argv += [option, str(v)]
@@ -93,27 +105,53 @@ def load(path: str | os.PathLike[str]) -> SweepSpec:
             argv += [option, ",".join(str(v) for v in (value if isinstance(value, list) else [value]))]
         elif kind == "table":
             if not isinstance(value, dict):
-                raise ConfigError(f"sweep file {path}: {key} must be a table, e.g. {key} = {{ C = 1.0 }}")
+                raise ConfigError(f"{where}: {key} must be a table, e.g. {key} = {{ C = 1.0 }}")
             for k, v in value.items():
                 argv += [option, f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
         elif kind == "flag":
             if not isinstance(value, bool):
-                raise ConfigError(f"sweep file {path}: {key} = {value!r}; write {key} = true or {key} = false")
+                raise ConfigError(f"{where}: {key} = {value!r}; write {key} = true or {key} = false")
             if value:
                 argv.append(option)
         elif kind == "path":
             argv += [option, str(base / Path(str(value)).expanduser())]
         else:
             argv += [option, str(value)]
+        groups.append((option, argv))
+    return groups
+
+
+def _check_executor(executor: dict[str, Any], where: str) -> str:
+    """Validate an ``[executor]`` table; returns its kind."""
     for key in executor:
         if key not in EXECUTOR_KEYS:
-            raise _unknown(f"sweep file {path}, [executor]", key, EXECUTOR_KEYS)
+            raise _unknown(f"{where}, [executor]", key, EXECUTOR_KEYS)
     for key in executor.get("slurm", {}):
         if key not in SLURM_KEYS:
-            raise _unknown(f"sweep file {path}, [executor.slurm]", key, SLURM_KEYS)
+            raise _unknown(f"{where}, [executor.slurm]", key, SLURM_KEYS)
     kind = executor.get("kind", "inprocess")
     if kind not in ("inprocess", "local", "slurm"):
-        raise ConfigError(f"sweep file {path}: [executor] kind = {kind!r}; use inprocess, local or slurm")
+        raise ConfigError(f"{where}: [executor] kind = {kind!r}; use inprocess, local or slurm")
+    return kind
+
+
+def read_run_config(path: str | os.PathLike[str]) -> list[tuple[str, list[str]]]:
+    """``lifebench run --config FILE``: the file's run keys as ``(option, argv)`` groups. A sweep file is a valid
+    config file: its ``[executor]`` table is checked and otherwise left to ``lifebench sweep`` (run runs here)."""
+    path = Path(path)
+    data = _read(path, "config file")
+    _check_executor(data.pop("executor", {}), f"config file {path}")
+    return run_option_groups(data, path, "config file")
+
+
+def load(path: str | os.PathLike[str]) -> SweepSpec:
+    """Read a sweep file into ``lifebench run`` arguments and the executor settings; paths in it are relative
+    to the file's folder."""
+    path = Path(path)
+    data = _read(path, "sweep file")
+    executor = data.pop("executor", {})
+    argv = [x for _, group in run_option_groups(data, path) for x in group]
+    kind = _check_executor(executor, f"sweep file {path}")
     if data.get("force") is True and kind != "inprocess":
         raise ConfigError(f"sweep file {path}: force = true with {kind} workers would have every worker redo every "
                           "experiment; recompute with --executor inprocess, or move the store away")
