@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -167,3 +168,18 @@ def serve_task(http_server, monkeypatch):
         return mirror, files, handler
 
     return serve
+
+
+def chromium() -> str | None:
+    """The headless browser the page tests drive (.ci/run installs it); None where it is missing."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    exe = chromium()
+    assert exe is not None
+    return subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--no-first-run",
+         "--disable-dev-shm-usage", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )

@@ -8,13 +8,13 @@ import json
 import re
 import shutil
 import struct
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from markupsafe import escape
 
+from conftest import chromium, run_chromium
 from lifebench.analysis import analyze, load_results
 from lifebench.analysis.html import render_html, write_report
 from lifebench.analysis.results import ResultSet
@@ -110,20 +110,6 @@ def test_report_without_matplotlib_plots(tmp_path: Path) -> None:
     assert not (tmp_path / "plots").exists()
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    exe = _chromium()
-    assert exe is not None
-    return subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--no-first-run",
-         "--disable-dev-shm-usage", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-
-
 # A variant of the page that clicks a column heading twice and types into the filter once loaded, then writes
 # what it saw into <pre id=result>; the DOM is read back with --dump-dom.
 DRIVER = """
@@ -150,13 +136,13 @@ DRIVER = """
 </body>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium; .ci/run does it)")
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium; .ci/run does it)")
 def test_page_in_headless_chromium(report, tmp_path: Path) -> None:
     out, a = report
     page = (out / "index.html").read_text(encoding="utf-8")
     driven = out / "driven.html"
     driven.write_text(page.replace("</body>", DRIVER, 1), encoding="utf-8")
-    done = _run_chromium(["--dump-dom", driven.as_uri()], tmp_path / "profile1")
+    done = run_chromium(["--dump-dom", driven.as_uri()], tmp_path / "profile1")
     assert done.returncode == 0, done.stderr[-2000:]
     match = re.search(r'<pre id="result">(.*?)</pre>', done.stdout, re.S)
     assert match, done.stdout[-2000:]
@@ -179,7 +165,7 @@ def test_page_in_headless_chromium(report, tmp_path: Path) -> None:
     assert seen["shown"] == "3 of 22 models"
 
     shot = tmp_path / "report.png"
-    done = _run_chromium(["--hide-scrollbars", "--window-size=1280,2400", f"--screenshot={shot}",
+    done = run_chromium(["--hide-scrollbars", "--window-size=1280,2400", f"--screenshot={shot}",
                           (out / "index.html").as_uri()], tmp_path / "profile2")
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()

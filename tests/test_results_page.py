@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import struct
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import confusion_matrix, f1_score
 
+from conftest import chromium, run_chromium
 from lifebench.cli import main
 from lifebench.report import build_leaderboard
 from lifebench.store import Store
@@ -207,20 +207,6 @@ def test_missing_image_shows_the_id(site, tmp_path: Path) -> None:
             image.rename(image.with_suffix(".png"))
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _run_chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    exe = _chromium()
-    assert exe is not None
-    return subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--no-first-run",
-         "--disable-dev-shm-usage", *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-
-
 # Counts alert() calls from the first script on; an escaped class name never calls it.
 SPY = "<head><script>window.__alerts = 0; window.alert = function () { window.__alerts += 1; };</script>"
 # Once the images have loaded: sort the first task column twice, filter the models, switch the confusion matrix,
@@ -256,13 +242,13 @@ window.addEventListener("load", function () {
 </body>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium; .ci/run does it)")
+@pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium; .ci/run does it)")
 def test_page_in_headless_chromium(site, tmp_path: Path) -> None:
     store, out = site
     page = (out / "index.html").read_text(encoding="utf-8")
     driven = out / "driven.html"
     driven.write_text(page.replace("<head>", SPY, 1).replace("</body>", DRIVER, 1), encoding="utf-8")
-    done = _run_chromium(["--virtual-time-budget=5000", "--dump-dom", driven.as_uri()], tmp_path / "profile1")
+    done = run_chromium(["--virtual-time-budget=5000", "--dump-dom", driven.as_uri()], tmp_path / "profile1")
     assert done.returncode == 0, done.stderr[-2000:]
     match = re.search(r'<pre id="result">(.*?)</pre>', done.stdout, re.S)
     assert match, done.stdout[-2000:]
@@ -280,7 +266,7 @@ def test_page_in_headless_chromium(site, tmp_path: Path) -> None:
     assert seen["evil"] >= 2  # ... and shows as the literal name (per-class row, confusion rows)
 
     shot = tmp_path / "results_page.png"
-    done = _run_chromium(["--hide-scrollbars", "--window-size=1280,3600", f"--screenshot={shot}",
+    done = run_chromium(["--hide-scrollbars", "--window-size=1280,3600", f"--screenshot={shot}",
                           (out / "index.html").as_uri()], tmp_path / "profile2")
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
