@@ -78,19 +78,27 @@ def synthetic_photo(seed: int, width: int = 500, height: int = 375) -> Image.Ima
 
 def _write_one(args: tuple[str, int, int, int]) -> str:
     path, seed, width, height = args
-    synthetic_photo(seed, width, height).save(path, "JPEG", quality=90)
+    synthetic_photo(seed, width, height).save(path + ".tmp", "JPEG", quality=90)
+    os.replace(path + ".tmp", path)  # a killed run leaves no half-written JPEG for the next run to reuse
     return path
 
 
 def make_jpegs(folder: Path, n: int, width: int = 500, height: int = 375, workers: int | None = None) -> list[str]:
-    """Write ``n`` synthetic JPEGs into ``folder`` (in parallel) and return their paths."""
+    """Write ``n`` synthetic JPEGs into ``folder`` (in parallel) and return their paths.
+
+    Image i is a pure function of (i, width, height), so files already in ``folder`` under the name that encodes
+    all three are reused: several runs with ``--dir`` write their JPEGs once (bench/gpu_check.sh relies on it)."""
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(folder / f"img{i:06d}.jpg"), i, width, height) for i in range(n)]
+    paths = [str(folder / f"img{i:06d}_{width}x{height}.jpg") for i in range(n)]
+    jobs = [(p, i, width, height) for i, p in enumerate(paths) if not os.path.exists(p)]
     workers = workers or max(1, min(16, (os.cpu_count() or 1)))
-    if workers == 1 or n < 64:
-        return [_write_one(j) for j in jobs]
-    with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(_write_one, jobs, chunksize=64))
+    if workers == 1 or len(jobs) < 64:
+        for j in jobs:
+            _write_one(j)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_one, jobs, chunksize=64))
+    return paths
 
 
 def examples_for(paths: list[str]) -> Examples:
