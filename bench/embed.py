@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from lifebench import datapath, features
+from lifebench import features
 from lifebench.backbones import load_backbone
-from lifebench.features import embed, make_encoder, resolve_device
+from lifebench.features import datapath, embed, make_encoder, resolve_device
 from lifebench.images import load_rgb
 from lifebench.tasks.base import Examples
 
@@ -231,7 +231,7 @@ def compare_paths(folder: Path, device: torch.device, model: str, n: int) -> lis
     torch_px = []
     for p in small[: min(16, len(small))]:
         img = load_rgb(p)
-        geo = datapath.geometry(pre, *img.size)
+        geo = pre.geometry(*img.size)
         ref = np.asarray(img.resize((geo.new_w, geo.new_h), Image.Resampling.BICUBIC), dtype=np.float64)
         t = torch.from_numpy(np.asarray(img).transpose(2, 0, 1).copy()).float()[None]
         alt = torch.nn.functional.interpolate(t, size=(geo.new_h, geo.new_w), mode="bicubic", antialias=True)

@@ -13,18 +13,17 @@ from PIL import Image, ImageDraw, ImageOps
 from conftest import TinyBackbone, write_image
 from lifebench import features
 from lifebench.backbones.base import Backbone, Preprocess
-from lifebench.datapath import (
+from lifebench.errors import ConfigError
+from lifebench.features import embed
+from lifebench.features.datapath import (
     apply_orientation,
     decode_jpegs,
     default_workers,
-    geometry,
     preprocess_file,
     preprocess_tensors,
     resize_crop_normalize,
     resolve_decode,
 )
-from lifebench.errors import ConfigError
-from lifebench.features import embed
 from lifebench.images import load_rgb, load_rgb_reduced
 from lifebench.tasks.base import Examples
 
@@ -101,11 +100,11 @@ def test_preprocess_tensors_mixes_sizes_and_gives_zero_rows_for_missing_images()
         assert torch.equal(out[row], pre(Image.fromarray(arr)))
 
 
-def test_geometry_is_preprocess_geometry():
+def test_geometry_puts_the_crop_where_the_pil_path_does():
     # A one-pixel marker survives a NEAREST resize; where it lands in Preprocess's output fixes the crop offset.
     for w, h, mode in [(200, 100, "shortest"), (75, 180, "shortest"), (90, 60, "squash")]:
         pre = Preprocess(crop=32, resize=45, interpolation="nearest", resize_mode=mode)
-        geo = geometry(pre, w, h)
+        geo = pre.geometry(w, h)
         arr = np.zeros((h, w, 3), dtype=np.uint8)
         # the source pixel that lands on output pixel (5, 7) of the crop, by PIL's nearest rule
         sx = int((geo.left + 7 + 0.5) * w / geo.new_w)
@@ -152,8 +151,8 @@ def test_batched_jpeg_decode_equals_pil_and_marks_the_bad_stream():
 def test_draft_takes_the_largest_reduction_that_still_covers_the_target(tmp_path):
     path = _save_jpeg(tmp_path / "big.jpg", _photo(1003, 757))
     pre = Preprocess(crop=64, resize=72, interpolation="bicubic")
-    geo = geometry(pre, 1003, 757)  # (95, 72): 757 // 72 = 10, so 1/8 is the largest allowed
-    reduced = load_rgb_reduced(path, lambda size: (geometry(pre, *size).new_w, geometry(pre, *size).new_h))
+    geo = pre.geometry(1003, 757)  # (95, 72): 757 // 72 = 10, so 1/8 is the largest allowed
+    reduced = load_rgb_reduced(path, lambda size: (pre.geometry(*size).new_w, pre.geometry(*size).new_h))
     assert reduced.scale == 8 and reduced.full_size == (1003, 757)
     assert reduced.image.size == (126, 95)  # libjpeg rounds up
     assert reduced.image.size[0] >= geo.new_w and reduced.image.size[1] >= geo.new_h
@@ -177,7 +176,7 @@ def test_draft_decode_stays_close_to_full_decode_for_every_orientation(tmp_path,
     pre = Preprocess(crop=48, resize=54, interpolation="bicubic")
     full = pre(load_rgb(path))
     drafted = preprocess_file(path, pre, draft=True)
-    assert load_rgb_reduced(path, lambda s: (geometry(pre, *s).new_w, geometry(pre, *s).new_h)).scale == 4
+    assert load_rgb_reduced(path, lambda s: (pre.geometry(*s).new_w, pre.geometry(*s).new_h)).scale == 4
     # normalised units (std 0.229). Measured: mean 0.0065, max 0.087 for every orientation; ignoring the
     # partial last row/column of the reduced image (a box at the wrong corner) gives mean >= 0.017, max >= 0.4.
     diff = (drafted - full).abs()
@@ -247,12 +246,12 @@ def test_auto_decode_and_bad_decode_names():
 
 def test_default_workers_leave_a_core_for_the_model(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    monkeypatch.setattr("lifebench.datapath._cores", lambda: 16)
+    monkeypatch.setattr("lifebench.features.datapath._cores", lambda: 16)
     assert default_workers(100, "pil", cuda) == 0
     assert default_workers(10_000, "pil", cuda) == 15
     assert default_workers(10_000, "tensor", cuda) == 8
     assert default_workers(10_000, "pil-draft", cpu) == 2  # the model already uses every core
-    monkeypatch.setattr("lifebench.datapath._cores", lambda: 2)
+    monkeypatch.setattr("lifebench.features.datapath._cores", lambda: 2)
     assert default_workers(10_000, "pil-draft", cuda) == 1
     assert default_workers(10_000, "pil-draft", cpu) == 0
 
@@ -308,7 +307,7 @@ def testauto_batch_size_is_searched_once_per_backbone(monkeypatch):
         if bs > 64:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(features, "_probe_batch", fake_probe)
+    monkeypatch.setattr(features.encode, "_probe_batch", fake_probe)
     cuda = torch.device("cuda")
     bb = TinyBackbone()
     assert features.auto_batch_size(bb, cuda) == 64

@@ -112,7 +112,7 @@ paths = np.array(sorted(__import__('glob').glob({img!r} + '/*.png')))
 ex = Examples(ids=np.array([p[-10:] for p in paths]), paths=paths, labels=np.array(['a'] * len(paths)))
 class Slow(TinyBackbone):
     def encode_images(self, x):
-        time.sleep(0.05)
+        time.sleep(0.2)  # 6 s in all: the kill lands mid-run even on a loaded machine
         return super().encode_images(x)
 print('start', flush=True)
 embed(Slow(), ex, cache_dir={cache!r}, device='cpu', batch_size=2, num_workers=0, shard_rows=4)

@@ -169,7 +169,7 @@ def test_reference_pixels_equal_open_clips_transform_on_every_path(tmp_path, tin
     import torch
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    from lifebench import datapath
+    from lifebench.features import datapath
     from lifebench.backbones import load_backbone
 
     torch.manual_seed(3)
@@ -195,7 +195,7 @@ def test_the_gpu_path_never_takes_reference_or_full_and_a_bad_mode_is_one_line()
     (no device needed to check the mapping); an unknown mode names the choices."""
     import torch
 
-    from lifebench.datapath import resolve_decode
+    from lifebench.features.datapath import resolve_decode
     from lifebench.errors import ConfigError
 
     cuda = torch.device("cuda")

@@ -1,6 +1,6 @@
 """The backbone contract: a frozen image encoder with its own eval preprocessing and a stable identity.
 
-A backbone never trains and never sees a dataloader. ``features.py`` feeds it batches of images that
+A backbone never trains and never sees a dataloader. ``lifebench.features`` feeds it batches of images that
 were preprocessed with :meth:`Backbone.preprocess`, and it returns one pooled vector per image.
 """
 
@@ -29,6 +29,17 @@ _PIL_FILTERS = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a :class:`Preprocess` puts an image of a given size: resized to (new_w, new_h), then cropped at
+    (left, top)."""
+
+    new_w: int
+    new_h: int
+    left: int
+    top: int
 
 
 @dataclass(frozen=True)
@@ -63,24 +74,28 @@ class Preprocess:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def geometry(self, width: int, height: int) -> Geometry:
+        """The resize target and crop offsets for a ``width`` x ``height`` image: the one definition that the PIL
+        path (:meth:`__call__`) and the batched data paths (:mod:`lifebench.features.datapath`) both use."""
+        if self.resize_mode == "shortest":
+            if width <= height:
+                new_w, new_h = self.resize, max(1, int(self.resize * height / width))
+            else:
+                new_w, new_h = max(1, int(self.resize * width / height)), self.resize
+        else:
+            new_w = new_h = self.resize
+        # Centre crop with torchvision's rounding: top = round((h - crop) / 2).
+        return Geometry(new_w=new_w, new_h=new_h, left=int(round((new_w - self.crop) / 2.0)),
+                        top=int(round((new_h - self.crop) / 2.0)))
+
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Transform one RGB PIL image into a normalised float tensor of shape (3, crop, crop)."""
         if img.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {img.mode!r}")
-        w, h = img.size
-        if self.resize_mode == "shortest":
-            if w <= h:
-                new_w, new_h = self.resize, max(1, int(self.resize * h / w))
-            else:
-                new_w, new_h = max(1, int(self.resize * w / h)), self.resize
-        else:
-            new_w = new_h = self.resize
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), _PIL_FILTERS[self.interpolation])
-        # Centre crop with torchvision's rounding: top = round((h - crop) / 2).
-        top = int(round((new_h - self.crop) / 2.0))
-        left = int(round((new_w - self.crop) / 2.0))
-        img = img.crop((left, top, left + self.crop, top + self.crop))
+        geo = self.geometry(*img.size)
+        if (geo.new_w, geo.new_h) != img.size:
+            img = img.resize((geo.new_w, geo.new_h), _PIL_FILTERS[self.interpolation])
+        img = img.crop((geo.left, geo.top, geo.left + self.crop, geo.top + self.crop))
         arr = np.asarray(img, dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)

@@ -1,6 +1,6 @@
 """The task contract: labelled image references, a train/test split, and one canonical class list.
 
-A task never imports a backbone. It describes data; ``features.py`` turns its images into vectors and a
+A task never imports a backbone. It describes data; ``lifebench.features`` turns its images into vectors and a
 protocol consumes those vectors.
 """
 

@@ -1,19 +1,13 @@
-"""The ONLY place where images become embeddings: decoding, batching, precision, device, and the cache.
-
-Cache layout (``<cache_dir>/embeddings/<key>/``)::
-
-    shard-00000.npz ...   vectors (rows, D) float32, ok (rows,) bool, errors (rows,) str; each written
-                          to a temporary file and renamed, so a shard on disk is always whole
-    meta.json             written last, when every shard is present: marks the entry complete
+"""Images become embeddings here: decoding, batching, precision, device, compile, and the cache key.
 
 The key is a SHA-256 over everything that changes the vectors: the backbone id, a hash of its weights,
 its preprocessing, its pooling, the numeric precision, whether the model was compiled, which decoder and
-resampler made the pixels (see :mod:`lifebench.datapath`), and the dataset manifest (ids, paths, file
+resampler made the pixels (see :mod:`lifebench.features.datapath`), and the dataset manifest (ids, paths, file
 sizes and modification times). A changed file, model or transform therefore misses, and vectors from the
-CPU and GPU data paths never mix. A killed run keeps the shards it finished; the next run computes only
-the missing ones.
+CPU and GPU data paths never mix. The cache itself (:mod:`lifebench.features.cache`) keeps whole shards only, so a
+killed run keeps the shards it finished and the next run computes only the missing ones.
 
-Throughput: images are decoded and preprocessed by :func:`lifebench.datapath.iter_batches` (worker
+Throughput: images are decoded and preprocessed by :func:`lifebench.features.datapath.iter_batches` (worker
 processes; on CUDA, batched nvJPEG decoding and on-device resizing), the model runs under bf16 autocast in
 channels-last layout on CUDA, optionally compiled with every batch padded to one shape, and each batch's
 vectors are copied to the host asynchronously while the next batch is decoded. The auto batch size is found
@@ -23,25 +17,22 @@ once per backbone object and device and reused by later calls (other tasks).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lifebench import datapath
 from lifebench.backbones.base import Backbone
 from lifebench.device import resolve_device
 from lifebench.errors import BadImageError, ConfigError
-from lifebench.fsutil import atomic_write
+from lifebench.features import datapath
+from lifebench.features.cache import EmbeddingCache
 from lifebench.progress import progress
 from lifebench.tasks.base import Examples
 
@@ -67,7 +58,7 @@ class Embeddings:
     """example id -> why its image could not be decoded."""
     key: str = ""
     decode: str = ""
-    """The data path the pixels came from (:func:`lifebench.datapath.decode_identity`), e.g. ``pil-draft``."""
+    """The data path the pixels came from (:func:`lifebench.features.datapath.decode_identity`), e.g. ``pil-draft``."""
     from_cache: bool = False
     n_encoded: int = 0
     """Images that went through the model in this call (0 on a full cache hit)."""
@@ -82,7 +73,7 @@ def embedding_key(backbone: Backbone, examples: Examples, precision: str, decode
                   compiled: bool = False) -> str:
     """Cache key for ``examples`` embedded by ``backbone`` at ``precision``.
 
-    ``decode`` is :func:`lifebench.datapath.decode_identity` of the data path used; ``compiled`` whether the
+    ``decode`` is :func:`lifebench.features.datapath.decode_identity` of the data path used; ``compiled`` whether the
     model ran under ``torch.compile`` (its fused kernels round differently).
     """
     payload = {
@@ -94,27 +85,6 @@ def embedding_key(backbone: Backbone, examples: Examples, precision: str, decode
         "compiled": compiled,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _shard_path(entry: Path, s: int) -> Path:
-    return entry / f"shard-{s:05d}.npz"
-
-
-def _savez(f, arrays: dict[str, np.ndarray]) -> None:
-    np.savez(f, **arrays)
-
-
-def _load_shard(path: Path, rows: int):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            vectors, ok, errors = z["vectors"], z["ok"], z["errors"]
-        if len(vectors) != rows or len(ok) != rows or len(errors) != rows:
-            raise ValueError(f"{len(vectors)} rows, expected {rows}")
-        return vectors, ok, errors
-    except Exception as e:  # noqa: BLE001 - any unreadable shard is recomputed
-        log.warning("discarding unreadable cache shard %s (%s)", path, e)
-        path.unlink(missing_ok=True)
-        return None
 
 
 _BATCH_MEMO = "_lifebench_auto_batch_size"
@@ -251,133 +221,74 @@ def embed(
     finished stay cached). With it, unreadable images get ``ok=False`` and a zero row, and are counted
     and logged. ``decode`` picks how images become pixels: ``lifebench`` (= "auto", the default), ``full`` or
     ``reference`` (``Image.open(p).convert("RGB")``, as the papers' loaders), or a data path ("pil", "pil-draft",
-    "tensor"); see :data:`lifebench.datapath.DECODINGS`. It is part of the cache key, so vectors made under
-    different decodings never mix. ``compile`` runs the model under ``torch.compile``.
+    "tensor"); see :data:`lifebench.features.datapath.DECODINGS`. It is part of the cache key, so vectors made
+    under different decodings never mix. ``compile`` runs the model under ``torch.compile``.
     """
     t0 = time.perf_counter()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     mode = datapath.resolve_decode(decode, dev)
-    backbone.to(dev)
-    if dev.type == "cuda":
-        backbone.module.to(memory_format=torch.channels_last)
     n = len(examples)
     decode_id = datapath.decode_identity(mode, dev)
     key = embedding_key(backbone, examples, _precision(dev), decode_id, compile)
-    entry = Path(cache_dir) / "embeddings" / key if cache_dir is not None else None
-    n_shards = max(1, -(-n // shard_rows))
-    bounds = [(s * shard_rows, min(n, (s + 1) * shard_rows)) for s in range(n_shards)]
-
-    vectors: np.ndarray | None = None
-    ok = np.zeros(n, dtype=bool)
-    errors = np.full(n, "", dtype=object)
-    done = np.zeros(n_shards, dtype=bool)
-    if entry is not None and entry.is_dir():
-        for s, (a, b) in enumerate(bounds):
-            p = _shard_path(entry, s)
-            if p.exists() and (got := _load_shard(p, b - a)) is not None:
-                if vectors is None:
-                    vectors = np.zeros((n, got[0].shape[1]), dtype=np.float32)
-                vectors[a:b], ok[a:b], errors[a:b] = got
-                done[s] = True
-
-    todo = np.concatenate([np.arange(a, b) for s, (a, b) in enumerate(bounds) if not done[s]] or [np.zeros(0, int)])
-    if not skip_bad_images and done.any():
-        _raise_first_bad(examples, ok, errors, done, bounds)
-    n_encoded = 0
+    entry = EmbeddingCache(cache_dir).image_entry(key, n, shard_rows)
+    if not skip_bad_images and (i := entry.first_bad_loaded()) is not None:
+        raise BadImageError(str(examples.paths[i]), str(entry.errors[i]))
+    todo = entry.todo()
     if len(todo):
-        if entry is not None:
-            entry.mkdir(parents=True, exist_ok=True)
-        bs = batch_size or auto_batch_size(backbone, dev)
-        workers = datapath.default_workers(len(todo), mode, dev) if num_workers is None else num_workers
-        encode = make_encoder(backbone, dev, bs, compile)
-        filled = np.zeros(n, dtype=bool)
-        filled[~np.isin(np.arange(n), todo)] = True
-        log.info("embedding %d images with %s on %s (batch %d, %d workers, decode %s%s)", len(todo), backbone.id,
-                 dev, bs, workers, decode_id, ", compiled" if compile else "")
-        batches = datapath.iter_batches(mode, examples.paths, todo, backbone.preprocess, bs, dev, workers)
-        # Batch k's vectors travel to the host while batch k+1 is decoded and encoded: `pending` is batch k.
-        pending: tuple[np.ndarray, list[str], _HostCopy] | None = None
         with progress(len(todo), f"embed {backbone.id}", "img", show_progress) as bar:
-
-            def finish(item: tuple[np.ndarray, list[str], _HostCopy]) -> None:
-                nonlocal vectors, n_encoded
-                idx_np, errs, host = item
-                out = host.numpy()
-                if vectors is None:
-                    vectors = np.zeros((n, out.shape[1]), dtype=np.float32)
-                vectors[idx_np] = out
-                bad = [j for j, e in enumerate(errs) if e]
-                for j in bad:
-                    vectors[idx_np[j]] = 0.0
-                ok[idx_np] = [not e for e in errs]
-                errors[idx_np] = errs
-                filled[idx_np] = True
-                n_encoded += len(idx_np)
-                bar.update(len(idx_np))
-                if entry is not None:
-                    _flush_shards(entry, bounds, done, filled, vectors, ok, errors)
-
-            try:
-                for batch in batches:
-                    bad = [j for j, e in enumerate(batch.errors) if e]
-                    if bad and not skip_bad_images:
-                        j = bad[0]
-                        raise BadImageError(str(examples.paths[batch.indices[j]]), batch.errors[j])
-                    host = _HostCopy(encode(batch.pixels))
-                    if pending is not None:
-                        finish(pending)
-                    pending = (batch.indices, batch.errors, host)
-                if pending is not None:
-                    item, pending = pending, None
-                    finish(item)
-            finally:
-                if pending is not None:  # an error stopped the loop: keep the batch that was already encoded
-                    try:
-                        finish(pending)
-                    except Exception as e:  # noqa: BLE001 - the original error is the one to report
-                        log.debug("could not keep the last encoded batch: %s", e)
-        if entry is not None:
-            _flush_shards(entry, bounds, done, filled, vectors, ok, errors)
-    assert vectors is not None or n == 0
-    if vectors is None:
-        vectors = np.zeros((0, backbone.embed_dim), dtype=np.float32)
-    if entry is not None and not (entry / "meta.json").exists():
-        meta = {"key": key, "n": n, "dim": int(vectors.shape[1]), "backbone": backbone.cache_identity(),
-                "manifest": examples.manifest_hash(), "precision": _precision(dev), "decode": decode_id,
-                "compiled": compile, "created": time.time()}
-        atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    err_map = {str(examples.ids[i]): str(errors[i]) for i in np.flatnonzero(~ok)}
+            for idx, vectors, errs in _encoded(backbone, examples.paths, todo, dev, mode, batch_size, num_workers,
+                                               skip_bad_images, compile):
+                entry.add(idx, vectors, errs)
+                bar.update(len(idx))
+    vectors = entry.vectors if entry.vectors is not None else np.zeros((0, backbone.embed_dim), dtype=np.float32)
+    entry.complete({"key": key, "n": n, "dim": int(vectors.shape[1]), "backbone": backbone.cache_identity(),
+                    "manifest": examples.manifest_hash(), "precision": _precision(dev), "decode": decode_id,
+                    "compiled": compile, "created": time.time()})
+    ok = entry.ok
+    err_map = {str(examples.ids[i]): str(entry.errors[i]) for i in np.flatnonzero(~ok)}
     if err_map:
         log.warning("%d of %d images could not be read and are left out (first: %s: %s)", len(err_map), n,
                     *next(iter(err_map.items())))
     return Embeddings(ids=examples.ids, vectors=vectors, ok=ok, errors=err_map, key=key, decode=decode_id,
-                      from_cache=n_encoded == 0, n_encoded=n_encoded, seconds=time.perf_counter() - t0)
+                      from_cache=len(todo) == 0, n_encoded=len(todo), seconds=time.perf_counter() - t0)
 
 
-def _raise_first_bad(examples, ok, errors, done, bounds) -> None:
-    for s, (a, b) in enumerate(bounds):
-        if done[s] and not ok[a:b].all():
-            i = a + int(np.flatnonzero(~ok[a:b])[0])
-            raise BadImageError(str(examples.paths[i]), str(errors[i]))
+def _encoded(backbone: Backbone, paths, todo: np.ndarray, dev: torch.device, mode: str, batch_size: int | None,
+             num_workers: int | None, skip_bad_images: bool, compile: bool,  # noqa: A002
+             ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """``(row indices, (rows, D) float32 vectors, per-row error or "")`` for the images ``todo``, batch by batch.
 
-
-def _flush_shards(entry, bounds, done, filled, vectors, ok, errors) -> None:
-    for s, (a, b) in enumerate(bounds):
-        if not done[s] and filled[a:b].all():
-            shard = {"vectors": vectors[a:b], "ok": ok[a:b], "errors": np.asarray(errors[a:b], dtype=str)}
-            atomic_write(_shard_path(entry, s), functools.partial(_savez, arrays=shard))
-            done[s] = True
-
-
-def clear_cache(cache_dir: str | os.PathLike) -> int:
-    """Delete every cached embedding; returns how many entries were removed."""
-    root = Path(cache_dir) / "embeddings"
-    if not root.is_dir():
-        return 0
-    entries = [p for p in root.iterdir() if p.is_dir()]
-    for p in entries:
-        shutil.rmtree(p, ignore_errors=True)
-    return len(entries)
+    The encoding loop alone: no cache I/O. Batch k's vectors travel to the host while batch k+1 is decoded and
+    encoded; when an error stops the loop, the batch already encoded is still yielded so the caller keeps it.
+    Without ``skip_bad_images`` the first unreadable image raises :class:`BadImageError`.
+    """
+    backbone.to(dev)
+    if dev.type == "cuda":
+        backbone.module.to(memory_format=torch.channels_last)
+    bs = batch_size or auto_batch_size(backbone, dev)
+    workers = datapath.default_workers(len(todo), mode, dev) if num_workers is None else num_workers
+    encode = make_encoder(backbone, dev, bs, compile)
+    log.info("embedding %d images with %s on %s (batch %d, %d workers, decode %s%s)", len(todo), backbone.id,
+             dev, bs, workers, datapath.decode_identity(mode, dev), ", compiled" if compile else "")
+    pending: tuple[np.ndarray, list[str], _HostCopy] | None = None
+    try:
+        for batch in datapath.iter_batches(mode, paths, todo, backbone.preprocess, bs, dev, workers):
+            bad = [j for j, e in enumerate(batch.errors) if e]
+            if bad and not skip_bad_images:
+                raise BadImageError(str(paths[batch.indices[bad[0]]]), batch.errors[bad[0]])
+            host = _HostCopy(encode(batch.pixels))
+            if pending is not None:
+                done, pending = pending, None
+                yield done[0], done[2].numpy(), done[1]
+            pending = (batch.indices, list(batch.errors), host)
+    except GeneratorExit:  # the caller stopped reading: nothing more to hand over
+        raise
+    except BaseException:
+        if pending is not None:  # an error stopped the loop: hand over the batch already encoded, then re-raise
+            yield pending[0], pending[2].numpy(), pending[1]
+        raise
+    if pending is not None:
+        yield pending[0], pending[2].numpy(), pending[1]
 
 
 def embed_texts(backbone: Backbone, texts: list[str], *, cache_dir: str | os.PathLike | None = None,
@@ -394,9 +305,9 @@ def embed_texts(backbone: Backbone, texts: list[str], *, cache_dir: str | os.Pat
     strings = hashlib.sha256("\0".join(texts).encode()).hexdigest()
     key = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, "backbone": backbone.cache_identity(),
                                      "texts": strings}, sort_keys=True).encode()).hexdigest()[:32]
-    path = None if cache_dir is None else Path(cache_dir) / "texts" / f"{key}.npy"
-    if path is not None and path.is_file():
-        return np.load(path)
+    cache = EmbeddingCache(cache_dir)
+    if (cached := cache.texts(key)) is not None:
+        return cached
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     backbone.to(dev)
     out = []
@@ -404,9 +315,7 @@ def embed_texts(backbone: Backbone, texts: list[str], *, cache_dir: str | os.Pat
         for start in range(0, len(texts), batch_size):
             out.append(backbone.encode_text(list(texts[start:start + batch_size])).float().cpu().numpy())
     vectors = np.concatenate(out).astype(np.float32) if out else np.zeros((0, backbone.embed_dim), np.float32)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, functools.partial(np.save, arr=vectors))
+    cache.save_texts(key, vectors)
     return vectors
 
 
@@ -422,21 +331,4 @@ def zero_shot_weights(backbone: Backbone, class_names: list[str], templates: lis
 def cached_embeddings(cache_dir: str | os.PathLike[str], key: str, examples) -> tuple[np.ndarray, np.ndarray] | None:
     """``(vectors, ok)`` of ``examples`` read from the cache entry ``key`` (an experiment's ``embedding_key``)
     without the backbone, or None when the entry is missing, incomplete or was made for other examples."""
-    entry = Path(cache_dir) / "embeddings" / key
-    try:
-        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if meta.get("n") != len(examples) or meta.get("manifest") != examples.manifest_hash():
-        return None
-    vectors, ok = [], []
-    for shard in sorted(entry.glob("shard-*.npz")):
-        try:
-            with np.load(shard, allow_pickle=False) as z:
-                vectors.append(z["vectors"])
-                ok.append(z["ok"])
-        except (OSError, ValueError, KeyError):
-            return None
-    if not vectors or sum(len(v) for v in vectors) != len(examples):
-        return None
-    return np.concatenate(vectors), np.concatenate(ok)
+    return EmbeddingCache(cache_dir).cached_images(key, len(examples), examples.manifest_hash())

@@ -47,7 +47,7 @@ import PIL
 import torch
 from PIL import Image
 
-from lifebench.backbones.base import Preprocess
+from lifebench.backbones.base import Geometry, Preprocess
 from lifebench.errors import BadImageError, ConfigError, MissingDependencyError
 from lifebench.images import exif_orientation, load_reference, load_rgb, load_rgb_reduced
 
@@ -55,12 +55,10 @@ __all__ = [
     "DECODE_MODES",
     "DECODINGS",
     "Batch",
-    "Geometry",
     "apply_orientation",
     "decode_identity",
     "decode_jpegs",
     "default_workers",
-    "geometry",
     "iter_batches",
     "preprocess_file",
     "preprocess_tensors",
@@ -179,36 +177,6 @@ def default_workers(n_images: int, mode: str, device: torch.device | None = None
     return max(1, min(cap, cores - 1))
 
 
-# ------------------------------------------------------------------------------------------ geometry
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where ``Preprocess`` puts an image of a given size: resized to (new_w, new_h), then cropped."""
-
-    new_w: int
-    new_h: int
-    left: int
-    top: int
-
-
-def geometry(pre: Preprocess, width: int, height: int) -> Geometry:
-    """The resize target and crop offsets that ``pre`` uses for a ``width`` x ``height`` image.
-
-    Same arithmetic as ``Preprocess.__call__`` (checked by tests against its output).
-    """
-    if pre.resize_mode == "shortest":
-        if width <= height:
-            new_w, new_h = pre.resize, max(1, int(pre.resize * height / width))
-        else:
-            new_w, new_h = max(1, int(pre.resize * width / height)), pre.resize
-    else:
-        new_w = new_h = pre.resize
-    top = int(round((new_h - pre.crop) / 2.0))
-    left = int(round((new_w - pre.crop) / 2.0))
-    return Geometry(new_w=new_w, new_h=new_h, left=left, top=top)
-
-
 # ------------------------------------------------------------------------------ PIL-exact resampling
 
 
@@ -319,7 +287,7 @@ def resize_crop_normalize(images: torch.Tensor, pre: Preprocess, dtype: torch.dt
         raise ValueError(f"expected uint8 images of shape (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     dtype = dtype or resample_dtype(images.device)
     _, _, h, w = images.shape
-    geo = geometry(pre, w, h)
+    geo = pre.geometry(w, h)
     c, dev = pre.crop, str(images.device)
     resize = (geo.new_w, geo.new_h) != (w, h)
     y = images.to(dtype)
@@ -445,13 +413,13 @@ def preprocess_file(path: str | os.PathLike, pre: Preprocess, draft: bool = Fals
         return pre(load_rgb(path))
 
     def target(size: tuple[int, int]) -> tuple[int, int]:
-        geo = geometry(pre, *size)
+        geo = pre.geometry(*size)
         return geo.new_w, geo.new_h
 
     reduced = load_rgb_reduced(path, target)
     if reduced.scale == 1:
         return pre(reduced.image)
-    geo = geometry(pre, *reduced.full_size)
+    geo = pre.geometry(*reduced.full_size)
     img = _resize_crop_region(reduced.image, reduced.box, geo, pre.crop, _PIL_FILTERS[pre.interpolation])
     return _normalise_pil(img, pre)
 
