@@ -9,7 +9,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from lifebench.errors import ConfigError
-from lifebench.protocols.base import TorchClassifier, as_features, encode_labels, iter_row_chunks
+from lifebench.protocols.base import InputError, TorchClassifier, as_features, encode_labels, iter_row_chunks
 
 __all__ = ["KNN"]
 
@@ -78,8 +78,9 @@ class KNN(TorchClassifier):
         Xt = as_features(X, dtype=dtype, device=device)
         classes, codes = encode_labels(y, Xt.shape[0])
         if self.n_neighbors > Xt.shape[0]:
-            raise ConfigError(
-                f"n_neighbors={self.n_neighbors} is more than the {Xt.shape[0]} training examples; lower n_neighbors"
+            raise InputError(
+                f"n_neighbors={self.n_neighbors} is more than the {Xt.shape[0]} training examples (n_samples = "
+                f"{Xt.shape[0]}); lower n_neighbors or fit on more examples"
             )
         if self.metric == "cosine":
             self._fit_X = torch.nn.functional.normalize(Xt, dim=1)

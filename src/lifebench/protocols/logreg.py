@@ -34,7 +34,7 @@ import logging
 import math
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,14 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.utils import check_random_state
 
 from lifebench.errors import ConfigError, DataError
-from lifebench.protocols.base import TorchClassifier, as_features, encode_labels, iter_row_chunks
+from lifebench.protocols.base import (
+    InputError,
+    TorchClassifier,
+    as_features,
+    encode_labels,
+    iter_row_chunks,
+    require_two_classes,
+)
 
 __all__ = ["DEFAULT_CS", "LogisticProbe", "fit_many_binary"]
 
@@ -190,10 +197,11 @@ class _Objective:
             else:
                 logits = logits.view(n_tasks, -1, n_slots, rows)
                 yc = self.y[:, sl, None, None].expand(-1, -1, n_slots, 1)
-                lse = torch.logsumexp(logits, dim=3, keepdim=True)
-                per = (lse - logits.gather(3, yc))[..., 0]
+                # one fused log-softmax pass, then exp gives the softmax (logsumexp + exp read the block twice)
+                logp = torch.log_softmax(logits, dim=3)
+                per = logp.gather(3, yc)[..., 0].neg_()
                 loss += torch.sum(per.mul_(wc), dim=1, dtype=torch.float64)
-                G = logits.sub_(lse).exp_()
+                G = logp.exp_()
                 G.scatter_add_(3, yc, self._minus_one.expand(yc.shape))
                 G = G.mul_(wc[..., None]).view(n_tasks, -1, n_slots * rows)
             Gt = G.transpose(1, 2)
@@ -497,8 +505,10 @@ class LogisticProbe(TorchClassifier):
     selection_metric : {"macro_f1", "accuracy"}
         Validation score used to choose ``C``; macro-F1 averages over the classes present in the validation labels
         (of each fold).
-    class_weight : {None, "balanced"}
+    class_weight : {None, "balanced"} or dict
         ``"balanced"`` weighs class ``c`` by ``n / (n_classes * n_c)`` (on sample weights, if given), as scikit-learn.
+        A dict ``{label: weight}`` multiplies each example's weight by its class's (1 for classes it leaves out), as
+        scikit-learn's ``LogisticRegression``; a key that is no training class is an error.
     standardize : bool
         Centre and scale each feature with train statistics before fitting (features with zero variance are only
         centred). This makes one ``C`` grid fit every backbone. The same statistics serve the held-out search.
@@ -601,8 +611,16 @@ class LogisticProbe(TorchClassifier):
                                   f"{5 if name == 'cv' else 1000}")
         if self.selection_metric not in _METRICS:
             raise ConfigError(f"selection_metric={self.selection_metric!r} is unknown; use one of {_METRICS}")
-        if self.class_weight not in (None, "balanced"):
-            raise ConfigError(f"class_weight={self.class_weight!r} is not supported; use None or 'balanced'")
+        if isinstance(self.class_weight, Mapping):
+            for label, weight in self.class_weight.items():
+                number = isinstance(weight, int | float | np.number) and not isinstance(weight, bool)
+                if not number or not math.isfinite(weight) or weight < 0:
+                    raise ConfigError(f"class_weight[{label!r}]={weight!r} must be a finite non-negative number")
+        elif self.class_weight is not None and not (
+            isinstance(self.class_weight, str) and self.class_weight == "balanced"
+        ):
+            raise ConfigError(f"class_weight={self.class_weight!r} is not supported; use None, 'balanced' or a "
+                              "dict {class: weight}")
         if not isinstance(self.standardize, bool | np.bool_):
             raise ConfigError(f"standardize={self.standardize!r} must be True or False")
         if (
@@ -629,11 +647,11 @@ class LogisticProbe(TorchClassifier):
         Xt = as_features(X, dtype=dtype, device=device)
         n, d = Xt.shape
         classes, codes = encode_labels(y, n)
-        if len(classes) < 2:
-            raise DataError(
-                f"training labels hold only the class {classes[0]!r}; a classifier needs at least two"
-            )
-        sw = self._sample_weight(sample_weight, n)
+        require_two_classes(classes)
+        sw = self._sample_weight(sample_weight, n) * self._class_weights(classes, strict=True)[codes]
+        if sw.sum() <= 0:
+            raise InputError(f"class_weight={self.class_weight!r} leaves every example with weight zero; "
+                             "give some class a positive weight")
         mean, scale = self._statistics(Xt)
         Z = self._standardized(Xt, mean, scale)
         del Xt
@@ -673,14 +691,37 @@ class LogisticProbe(TorchClassifier):
     def _sample_weight(self, sample_weight: Any, n: int) -> np.ndarray:
         if sample_weight is None:
             return np.ones(n)
-        sw = np.asarray(sample_weight, dtype=np.float64)
+        try:
+            sw = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"sample_weight must be numbers: {exc}; pass one float weight per example") from exc
         if sw.shape != (n,):
-            raise DataError(
+            raise InputError(
                 f"sample_weight has shape {sw.shape} but there are {n} examples; pass one weight each"
             )
         if not np.isfinite(sw).all() or (sw < 0).any() or sw.sum() <= 0:
-            raise DataError("sample_weight must be finite, non-negative and not all zero")
+            raise InputError("sample_weight must be finite, non-negative and not all zero")
         return sw
+
+    def _class_weights(self, classes: np.ndarray, strict: bool) -> np.ndarray:
+        """Multiplier of each class's examples from a ``class_weight`` dict (1 for a class it leaves out); ones
+        for None and "balanced" (which :meth:`_weights` applies per fitting part). ``strict``: a key that names no
+        class of ``classes`` is an error (a typo would otherwise weigh nothing); :func:`fit_many_binary` shares one
+        dict between tasks with different classes, so it is lenient."""
+        cw = np.ones(len(classes))
+        if not isinstance(self.class_weight, Mapping):
+            return cw
+        index = {c: i for i, c in enumerate(classes.tolist())}
+        unknown = [key for key in self.class_weight if key not in index]
+        if strict and unknown:
+            raise InputError(
+                f"class_weight names {unknown[:5]!r}, which are not training classes (those are "
+                f"{classes[:5].tolist()!r}{', ...' if len(classes) > 5 else ''}); use the labels as given in y"
+            )
+        for key, weight in self.class_weight.items():
+            if key in index:
+                cw[index[key]] = float(weight)
+        return cw
 
     def _statistics(self, Xt: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature mean and standard deviation (1 where it is 0), accumulated in float64."""
@@ -997,7 +1038,7 @@ def fit_many_binary(X: Any, tasks: Sequence[tuple[Any, Any]], **params: Any) -> 
         mean, scale = template._statistics(Xi)
         Zs.append(template._standardized(Xi, mean, scale))
         codes.append(c)
-        sws.append(np.ones(idx.size))
+        sws.append(template._class_weights(classes, strict=False)[c])
         kept.append((classes, mean, scale))
     if not Zs:
         return []

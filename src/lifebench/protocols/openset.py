@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
-from lifebench.errors import ConfigError, DataError
-from lifebench.protocols.base import TorchClassifier, as_features, encode_labels, iter_row_chunks
+from lifebench.errors import ConfigError
+from lifebench.protocols.base import (
+    InputError,
+    TorchClassifier,
+    as_features,
+    encode_labels,
+    iter_row_chunks,
+    require_two_classes,
+)
 
 __all__ = ["MahalanobisOpenSet", "ledoit_wolf_lda_covariance"]
 
@@ -198,10 +206,9 @@ class MahalanobisOpenSet(TorchClassifier):
         device, dtype = self._common_checks()
         Xt = as_features(X, dtype=torch.float64, device=device)
         classes, codes = encode_labels(y, Xt.shape[0])
-        if len(classes) < 2:
-            raise DataError(f"training labels hold only the class {classes[0]!r}; a classifier needs at least two")
+        require_two_classes(classes)
         if np.any(classes == self.unknown_label):
-            raise DataError(f"the training labels include unknown_label={self.unknown_label!r}; drop those rows "
+            raise InputError(f"the training labels include unknown_label={self.unknown_label!r}; drop those rows "
                             "or choose another unknown_label")
         base = self._make_base().fit(X, y)
 
@@ -251,12 +258,14 @@ class MahalanobisOpenSet(TorchClassifier):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The base protocol's per-class scores, shape (n, n_classes), for ranking the known classes."""
+        check_is_fitted(self)
         return np.asarray(self.base_.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
         """The base prediction, or ``unknown_label`` where the row is far from every class."""
+        check_is_fitted(self)
+        unknown = self.is_unknown(X)  # first: its input errors name this estimator, not the base
         pred = np.asarray(self.base_.predict(X))
-        unknown = self.is_unknown(X)
         try:
             out = pred.astype(np.result_type(pred.dtype, np.asarray(self.unknown_label).dtype))
         except TypeError:

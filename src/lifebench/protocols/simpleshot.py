@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import TransformerMixin
+from sklearn.utils import Tags, TransformerTags
 
-from lifebench.errors import DataError
-from lifebench.protocols.base import TorchClassifier, as_features, encode_labels
+from lifebench.protocols.base import TorchClassifier, as_features, encode_labels, require_two_classes
 
 __all__ = ["BioCLIPFewShot", "SimpleShot"]
 
 
-class SimpleShot(TorchClassifier):
+class SimpleShot(TransformerMixin, TorchClassifier):
     """Nearest-centroid classifier on centred, L2-normalised features.
 
     ``fit`` stores the train mean ``mean_`` and, per class, the mean of ``z = normalise(x - mean_)``
@@ -49,6 +50,14 @@ class SimpleShot(TorchClassifier):
     #: L2-normalise every feature before centring (BioCLIP's few-shot); plain SimpleShot does not.
     _unit_first = False
 
+    def __sklearn_tags__(self) -> Tags:
+        # A classifier that also transforms (``transform`` gives the space the centroids live in; TransformerMixin
+        # adds ``fit_transform``). The output dtype is the ``dtype`` parameter's, so only that input dtype comes
+        # back unchanged.
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags = TransformerTags(preserves_dtype=[str(self.dtype)])
+        return tags
+
     def transform(self, X: Any) -> np.ndarray:
         """The centred, L2-normalised features ``z`` that the centroids live in."""
         return self._normalise(self._prepare(self._fitted_features(X))).cpu().numpy()
@@ -66,10 +75,7 @@ class SimpleShot(TorchClassifier):
         Xt = as_features(X, dtype=dtype, device=device)
         classes, codes = encode_labels(y, Xt.shape[0])
         Xt = self._prepare(Xt)
-        if len(classes) < 2:
-            raise DataError(
-                f"training labels hold only the class {classes[0]!r}; a classifier needs at least two"
-            )
+        require_two_classes(classes)
         self._mean_t = Xt.mean(0, dtype=torch.float64).to(dtype)
         Z = self._normalise(Xt)
         codes_t = torch.as_tensor(codes, device=device)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lifebench.errors import ConfigError
-from lifebench.protocols.base import TorchClassifier, as_features
+from lifebench.protocols.base import InputError, TorchClassifier, as_features
 from lifebench.tasks.taxonomy import TEXT_TYPES
 
 __all__ = ["DEFAULT_LOGIT_SCALE", "ZeroShot", "zero_shot_choices"]
@@ -97,10 +97,13 @@ class ZeroShot(TorchClassifier):
         self._check_params()
         device, dtype = self._common_checks()
         W = as_features(weights, dtype=dtype, device=device)
-        names = [str(c) for c in (y if y is not None else range(W.shape[0]))]
+        y_arr = np.asarray(y) if y is not None else np.arange(W.shape[0])
+        if y_arr.ndim != 1:
+            raise InputError(f"class names must be a 1-D array, got shape {y_arr.shape}; pass one name per row")
+        names = [str(c) for c in y_arr.tolist()]
         if len(names) != W.shape[0] or (texts is not None and len(texts) != W.shape[0]):
-            raise ValueError(f"{W.shape[0]} weight rows but {len(names)} class names and "
-                             f"{len(texts) if texts is not None else W.shape[0]} texts")
+            raise InputError(f"{W.shape[0]} weight rows but {len(names)} class names and "
+                             f"{len(texts) if texts is not None else W.shape[0]} texts; pass one name and text per row")
         self._weights_t = torch.nn.functional.normalize(W, dim=1)
         self.classes_ = np.arange(W.shape[0])
         self.class_names_ = np.array(names, dtype=object)
