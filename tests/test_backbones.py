@@ -643,3 +643,84 @@ def test_hub_backbones(spec: str, dim: int, crop: int, resize: int) -> None:
     assert b.encode_images(torch.randn(2, 3, crop, crop)).shape == (2, dim)
     if b.supports_text:
         assert b.encode_text(["Bellis perennis", "Apis mellifera"]).shape == (2, dim)
+
+
+# ---- unreadable checkpoints: one line naming the file and the fix ------------------------------------------
+
+
+def _refused_pickle(path: Path, state: dict) -> Path:
+    import argparse
+
+    torch.save({**state, "args": argparse.Namespace(lr=0.1)}, path)  # weights_only refuses the Namespace
+    return path
+
+
+_CORRUPT_SAFETENSORS = b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + bytes(16)
+_REFUSED = ("is a pickle that needs argparse.Namespace to load, which could run code, so lifebench does not "
+            "unpickle it; if you trust the file, convert it to safetensors")
+_CORRUPT = "is not a readable safetensors file (Error while deserializing header"
+
+
+def test_checkpoint_files_that_cannot_be_read_are_one_line(open_clip, transformers, tmp_path: Path) -> None:
+    """Before: a corrupt safetensors file gave a SafetensorError traceback, and a pickle refused by
+    torch.load(weights_only=True) inside an HF or open_clip folder gave PyTorch's multi-line advice as a traceback."""
+    cases = []
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(_CORRUPT_SAFETENSORS)
+    cases += [(f"timm:test_vit@{bad}", bad, _CORRUPT), (f"open_clip:lbtest-tiny-clip@{bad}", bad, _CORRUPT)]
+    evil = _refused_pickle(tmp_path / "evil.pt", _timm_ref("test_vit", 0).state_dict())
+    cases += [(f"timm:test_vit@{evil}", evil, _REFUSED), (f"open_clip:lbtest-tiny-clip@{evil}", evil, _REFUSED)]
+    oc = tmp_path / "oc"
+    oc.mkdir()
+    (oc / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
+    _refused_pickle(oc / "open_clip_pytorch_model.bin", _oc_ref(open_clip, 0).state_dict())
+    cases.append((f"open_clip:local-dir:{oc}", oc / "open_clip_pytorch_model.bin", _REFUSED))
+    for layout in ("pickle", "safetensors"):
+        hf = tmp_path / f"hf-{layout}"
+        cfg = transformers.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32, image_size=28, patch_size=14)
+        model = transformers.Dinov2Model(cfg)
+        model.save_pretrained(hf)
+        transformers.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}
+                                       ).save_pretrained(hf)
+        if layout == "pickle":
+            (hf / "model.safetensors").unlink()
+            cases.append((f"hf:{hf}", _refused_pickle(hf / "pytorch_model.bin", model.state_dict()), _REFUSED))
+        else:
+            (hf / "model.safetensors").write_bytes(_CORRUPT_SAFETENSORS)
+            cases.append((f"hf:{hf}", hf / "model.safetensors", _CORRUPT))
+    for spec, path, expect in cases:
+        with pytest.raises(ConfigError) as err:
+            B.load_backbone(spec)
+        msg = str(err.value)
+        assert msg.startswith(f"checkpoint {path} {expect}"), (spec, msg)
+        assert "\n" not in msg and "\x1b" not in msg and len(msg) < 400, (spec, msg)
+
+
+def test_open_clip_folder_without_weights_is_refused(open_clip, tmp_path: Path) -> None:
+    """open_clip only logs a warning and returns random weights for a local-dir folder without a weights file;
+    scored, that would look like the model."""
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
+    with pytest.raises(ConfigError, match=r"holds no weights file \(\*.safetensors, \*.bin, \*.pth\); put the "
+                                          "model's weights beside its open_clip_config.json"):
+        B.load_backbone(f"open_clip:local-dir:{tmp_path}")
+    (tmp_path / "open_clip_config.json").write_text("{bad")
+    torch.save(_oc_ref(open_clip, 0).state_dict(), tmp_path / "open_clip_pytorch_model.bin")
+    with pytest.raises(ConfigError, match="cannot load the open_clip model in .*Could not load valid config") as err:
+        B.load_backbone(f"open_clip:local-dir:{tmp_path}")
+    assert "\n" not in str(err.value)
+
+
+def test_cli_refused_pickle_is_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from conftest import make_folder
+    from lifebench.cli import main
+
+    data = make_folder(tmp_path / "data", per_class=2)
+    evil = _refused_pickle(tmp_path / "evil.pt", _timm_ref("test_vit", 0).state_dict())
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["-q", "run", "--model", f"timm:test_vit@{evil}", "--task", str(data),
+                 "--store", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lifebench: error: checkpoint {evil} {_REFUSED} (or re-save only its tensors with " \
+                  "torch.save(model.state_dict(), path)) and load that\n"
+    assert sorted(tmp_path.rglob("*")) == before

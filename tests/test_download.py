@@ -171,3 +171,52 @@ def test_kill_minus_9_during_extraction_leaves_nothing_trusted(tmp_path):
     entries = extract(archive, dest)
     assert [e.name for e in entries] == ["images"] and len(list((dest / "images").iterdir())) == 400
     assert not list(dest.glob(".extracting-*"))  # a killed run's staging folder is cleaned up
+
+
+@pytest.mark.parametrize("kind, name", [(tarfile.CHRTYPE, "character device"), (tarfile.BLKTYPE, "block device"),
+                                        (tarfile.FIFOTYPE, "named pipe (fifo)")])
+def test_extract_refuses_device_files_and_deletes_the_archive(tmp_path, kind, name):
+    """A device file or fifo in a data archive is hostile (tar would make /dev/sda-like nodes as root, or a fifo
+    that hangs a reader): refused in one line, and the archive goes with its recorded checksum, so a rerun fetches
+    it again instead of trusting the copy that was refused."""
+    arc = tmp_path / ".downloads" / "bad.tar"
+    arc.parent.mkdir()
+    with tarfile.open(arc, "w") as tar:
+        tar.addfile(tarfile.TarInfo("ok.txt"), io.BytesIO(b""))
+        info = tarfile.TarInfo("dev/sda")
+        info.type, info.devmajor, info.devminor = kind, 8, 0
+        tar.addfile(info)
+    (arc.parent / CHECKSUMS_FILE).write_text(json.dumps({"bad.tar": "0" * 64, "other.zip": "1" * 64}))
+    with pytest.raises(DataError) as err:
+        extract(arc, tmp_path / "data")
+    assert str(err.value) == (f"bad.tar: member 'dev/sda' is a {name}, which no data archive holds; not extracting: "
+                              "the archive was deleted, so a rerun downloads it again")
+    assert not arc.exists() and list((tmp_path / "data").iterdir()) == []
+    assert json.loads((arc.parent / CHECKSUMS_FILE).read_text()) == {"other.zip": "1" * 64}
+
+
+def test_extract_refused_escape_and_corrupt_archives_are_deleted(tmp_path):
+    arc = _tar({"../evil.txt": b"x"}, tmp_path / "esc.tar.gz")
+    with pytest.raises(DataError, match="would be written outside the target; not extracting: the archive was "
+                                        "deleted"):
+        extract(arc, tmp_path / "data")
+    assert not arc.exists()
+    good = _tar({f"f{i}.bin": bytes(np.random.default_rng(i).integers(0, 255, 5000, dtype=np.uint8))
+                 for i in range(4)}, tmp_path / "cut.tar.gz")
+    good.write_bytes(good.read_bytes()[:-3000])  # truncated mid-stream: readable header, broken body
+    with pytest.raises(DataError, match=r"cut.tar.gz is corrupt or truncated \(.+\); not extracting: the archive "
+                                        "was deleted"):
+        extract(good, tmp_path / "data2")
+    assert not good.exists() and list((tmp_path / "data2").iterdir()) == []
+
+
+def test_damaged_checksum_table_is_an_error_not_an_empty_table(http_server, tmp_path):
+    """Before, a damaged lifebench-checksums.json read as empty: every recorded file went unchecked and the next
+    record overwrote the table."""
+    url, h = http_server
+    h.files["/g.bin"] = PAYLOAD
+    (tmp_path / CHECKSUMS_FILE).write_bytes(b'{"g.bin": "ab\xff')
+    with pytest.raises(DataError, match=f"{CHECKSUMS_FILE} is not a JSON object of file name -> sha256; restore it, "
+                                        "or delete it"):
+        download(url + "/g.bin", tmp_path / "g.bin", show_progress=False)
+    assert (tmp_path / CHECKSUMS_FILE).read_bytes() == b'{"g.bin": "ab\xff'

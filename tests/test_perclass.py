@@ -203,7 +203,9 @@ def test_files_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "fair vs wide (named)" in capsys.readouterr().out
     assert main(["report", "--store", str(tmp_path / "r.sqlite"), "--out", str(out), "--compare", "fair", "nope"]) == 2
     assert "--compare fair nope: no task has results for both" in capsys.readouterr().err
-    assert main(["report", "--store", str(tmp_path / "r.sqlite"), "--out", str(out), "--power", "1.5"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # refused while parsing (exit 2), naming the option
+        main(["report", "--store", str(tmp_path / "r.sqlite"), "--out", str(out), "--power", "1.5"])
+    assert exit_.value.code == 2 and "argument --power: 1.5 is not below 1" in capsys.readouterr().err
 
 
 def test_options_checked(tmp_path: Path) -> None:

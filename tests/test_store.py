@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import platform
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -630,3 +631,93 @@ def test_merge_copies_each_experiment_once(tmp_path: Path) -> None:
         assert into.get("x").backbone == "resnet"
         assert_same(into.predictions(into.get("y").id), make_preds(25, seed=3))
         assert len(into.experiments()) == 2
+
+
+def _live_worker() -> tuple[subprocess.Popen, str]:
+    """A process of this host that holds on, and the claim owner it names itself with."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lifebench.store.sqlite import "
+                              "worker_owner\nprint(worker_owner(), flush=True)\nsys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return child, child.stdout.readline().strip()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to tell a process's start time")
+def test_a_claim_of_a_process_gone_from_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
+    """kill -9 leaves the claim behind; on this host it ends with its process (zombie or reaped), not its lease."""
+    child, owner = _live_worker()
+    host, pid, start, _ = owner.split(":")
+    assert host == socket.gethostname() and int(pid) == child.pid
+    with Store(tmp_path / "r.sqlite") as store:
+        assert store.claim("h", owner, "a | pixels")
+        assert not store.claim("h", "another")  # its process runs: the claim holds
+        assert store.claimed("h")[0] == owner and "h" in store.claims()
+        # the same pid with another start time is a later process that reused the pid: the claim's owner is gone
+        stale = f"{host}:{pid}:{int(start.split('.')[0]) - 1}.{start.split('.')[1]}:x"
+        assert store.claim("s", stale) and store.claimed("s") is None and "s" not in store.claims()
+        child.kill()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped yet: a zombie
+        assert store.claimed("h") is None and store.claims() == {}
+        child.wait()
+        assert store.claimed("h") is None and store.claims() == {}
+        assert store.claim("h", "another")  # at once: no lease to wait out
+        # the older owner form host:pid:token is judged by its pid alone
+        assert store.claim("g", f"{host}:{pid}:abc123") and store.claimed("g") is None
+
+
+def test_a_claim_of_another_host_keeps_its_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pid of another host (or of another container with this host's name) says nothing here: only the lease
+    ends such a claim."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that runs nothing on this host
+    here = socket.gethostname()
+    space = sqlite_mod._pid_space()
+    owners = {"other": f"node-17.cluster:{child.pid}:123.{space}:ab12cd",
+              "container": f"{here}:{child.pid}:123.ffffffff-1:ab12cd",
+              "old-form": f"node-17.cluster:{child.pid}:ab12cd",
+              "no-form": "worker-a"}
+    with Store(tmp_path / "r.sqlite") as store:
+        for h, owner in owners.items():
+            assert store.claim(h, owner)
+        assert not any(store.claim(h, "rerun") for h in owners)
+        assert set(store.claims()) == set(owners) and store.claimed("other")[0] == owners["other"]
+        now = time.time()
+        monkeypatch.setattr(time, "time", lambda: now + sqlite_mod.LEASE_S + 1)
+        assert store.claims() == {} and all(store.claim(h, "rerun") for h in owners)
+
+
+_FULL_SCRIPT = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from test_store import make_exp, make_preds
+from lifebench.store import Store
+from lifebench.store.sqlite import StoreFullError
+assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN  # Python's own: the limit fails a write (EFBIG)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+with Store(sys.argv[1]) as store:
+    assert store.claim("big", "me")
+    try:
+        store.write(make_exp("big"), make_preds(20_000))
+    except StoreFullError as err:
+        store.release("big", "me")
+        print(err)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file-size limits")
+def test_a_full_disk_during_write_is_one_line_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        store.write(make_exp("small"), make_preds(50, seed=4))
+    out = subprocess.run([sys.executable, "-c", _FULL_SCRIPT, str(path), str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    msg = out.stdout.strip()
+    assert "\n" not in msg and msg.startswith(f"results store {path}: could not write experiment big (disk I/O")
+    assert "rolled back and every result stored before is kept" in msg
+    need = float(msg.split("needs about ")[1].split(" MB")[0])  # twice the ~1.5 MB written, plus 1 MB
+    assert 3.0 < need < 6.0 and "ulimit -f, now 200.0 kB" in msg
+    assert count(path, "PRAGMA integrity_check") == "ok"
+    assert count(path, "SELECT COUNT(*) FROM claims") == 0
+    with Store(path) as store:
+        assert [e.config_hash for e in store.experiments()] == ["small"]
+        assert_same(store.predictions(store.get("small").id), make_preds(50, seed=4))

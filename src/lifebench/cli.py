@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -68,18 +70,48 @@ def _merge_run_config(parser: argparse.ArgumentParser, argv: list[str]) -> list[
     return [*argv[:at + 1], *from_file, *argv[at + 1:]]
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``low`` (argparse names the option in its one-line error)."""
-    def parse(text: str) -> int:
+def _bounded(low: float | None = None, high: float | None = None, *, kind: type = int,
+             exclusive: bool = False, hint: str = "") -> Callable[[str], Any]:
+    """An argparse type: a finite number of ``kind`` (int or float) in ``[low, high]`` (``(low, high)`` when
+    ``exclusive``); argparse puts the option's name before the one-line error. Every numeric option of every
+    command goes through this, so that 10**12 resamples or a seed of 2**70 is refused while parsing, naming the
+    option, rather than failing deep inside numpy with a traceback or a 14 TiB allocation."""
+    what, fmt = ("a whole number", str) if kind is int else ("a number", lambda v: f"{v:g}")
+    span = (f"between {fmt(low)} and {fmt(high)} (exclusive)" if exclusive else f"from {fmt(low)} to {fmt(high)}") \
+        if low is not None and high is not None else f">= {fmt(low)}" if low is not None else f"<= {fmt(high)}"
+
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below {low}; give a whole number >= {low}")
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {what}; give {what} {span}{hint}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not finite; give {what} {span}")
+        below = low is not None and (value <= low if exclusive else value < low)
+        above = high is not None and (value >= high if exclusive else value > high)
+        if below or above:
+            shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+            side = (f"is not above {fmt(low)}" if exclusive else f"is below {fmt(low)}") if below else \
+                (f"is not below {fmt(high)}" if exclusive else f"is above {fmt(high)}")
+            raise argparse.ArgumentTypeError(f"{shown} {side}; give {what} {span}{hint}")
         return value
 
     return parse
+
+
+def _processes(text: str) -> int | str:
+    """``sweep --processes``: "gpus" or a number of worker processes."""
+    return text if text == "gpus" else _bounded(1, 1024, hint=' or "gpus"')(text)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+    return _bounded(low)
+
+
+SEED = _bounded(0, 2**32 - 1, hint=" (numpy's seed range)")
+FRACTION = _bounded(0, 1, kind=float, exclusive=True)
+MAX_RESAMPLES = 1_000_000  # 4 bytes x resamples x test images are held at once: 4 GB at 1000 images
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -94,8 +126,8 @@ def _parse_param(text: str) -> tuple[str, Any]:
 
 def _add_common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--batch-size", type=_at_least(1), default=None, help="images per forward pass (default: auto)")
-    p.add_argument("--workers", type=_at_least(0), default=None,
+    p.add_argument("--batch-size", type=_bounded(1, 65536), default=None, help="images per forward pass (default: auto)")
+    p.add_argument("--workers", type=_bounded(0, 512), default=None,
                    help="image decoding processes, 0 to decode in the main process (default: auto)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="embedding cache (default $LIFEBENCH_CACHE or ~/.cache/lifebench)")
@@ -117,12 +149,13 @@ def _add_bootstrap_options(p: argparse.ArgumentParser, *, seed_alias: bool = Fal
     """The bootstrap's settings, named alike in every command. ``--bootstrap-seed`` is the bootstrap seed
     everywhere, because ``run --seed`` is the probe seed; ``seed_alias`` keeps the hidden ``--seed`` spelling in the
     commands where it used to mean the bootstrap seed, so existing scripts keep working."""
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples (default 1000)")
+    p.add_argument("--resamples", type=_bounded(1000, MAX_RESAMPLES, hint=" (fewer give unstable 95% intervals)"),
+                   default=DEFAULT_RESAMPLES, help="bootstrap resamples, 1000 to 1000000 (default 1000)")
     if seed_alias:  # first, so that the visible spelling is the option's name (the Python API maps dest -> option)
-        p.add_argument("--seed", dest="bootstrap_seed", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+        p.add_argument("--seed", dest="bootstrap_seed", type=SEED, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--bootstrap-seed", type=SEED, default=0, help="seed of the bootstrap resampling (default 0)")
     if confidence:
-        p.add_argument("--confidence", type=float, default=0.95,
+        p.add_argument("--confidence", type=FRACTION, default=0.95,
                        help="interval level (default 0.95); where models are marked tied with the best, the tie test "
                        "runs at family-wise error 1 - confidence (0.05)")
 
@@ -149,13 +182,13 @@ def _first_models(board, limit: int | None):
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--test-size", type=float, default=None,
+    p.add_argument("--test-size", type=FRACTION, default=None,
                    help="test fraction per class when the data names no split (default 0.25; demo tasks 0.5); "
                    "folders of fewer than 400 images are cross-fitted in 5 folds unless this is given")
-    p.add_argument("--folds", type=int, default=None, metavar="K",
+    p.add_argument("--folds", type=_bounded(2, 1000), default=None, metavar="K",
                    help="K-fold cross-fitting instead of one split, for data without a given split: every image is "
                    "predicted once by a probe fit on the other folds (good for small collections)")
-    p.add_argument("--split-seed", type=_at_least(0), default=0, help="seed of the split or folds (default 0)")
+    p.add_argument("--split-seed", type=SEED, default=0, help="seed of the split or folds (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "'lifebench ls protocols'); repeatable")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="protocol parameter, e.g. C=0.1 or class_weight=balanced; repeatable")
-    p.add_argument("--seed", action="append", type=_at_least(0), default=None,
+    p.add_argument("--seed", action="append", type=SEED, default=None,
                    help="probe seed (default 0); repeatable")
     p.add_argument("--shots", default=None, metavar="K[,K...]",
                    help="few-shot: K training images per class (the support set), the other images are queries; "
@@ -204,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", default=None, metavar="URL",
                    help="base URL of an OpenAI-compatible chat API for openai-compatible:<model> (e.g. "
                    "http://localhost:8000/v1; default $LIFEBENCH_ENDPOINT or $OPENAI_BASE_URL; key: $OPENAI_API_KEY)")
-    p.add_argument("--n-train", action="append", type=int, default=None, metavar="N",
+    p.add_argument("--n-train", action="append", type=_bounded(2, 10**9), default=None, metavar="N",
                    help="train on N examples (clips for video tasks), class-balanced, drawn with the seed, for "
                    "sample-efficiency studies; results go under the task name TASK@nN; repeatable")
     _add_task_options(p)
@@ -235,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan with counts and skip reasons, then stop")
     p.add_argument("--executor", choices=["inprocess", "local", "slurm"], default=None,
                    help="override the file's [executor] kind")
-    p.add_argument("--processes", default=None, metavar="N|gpus",
+    p.add_argument("--processes", type=_processes, default=None, metavar="N|gpus",
                    help="local executor: worker processes, or 'gpus' for one per visible GPU")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (follow with lifebench status)")
 
@@ -294,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, default=None, metavar="MODEL",
                    help="size the test set that would resolve these two models (backbone or backbone/protocol) "
                    "instead of the best and the runner-up of each task")
-    p.add_argument("--power", type=float, default=0.8,
+    p.add_argument("--power", type=FRACTION, default=0.8,
                    help="power the test-set size estimate is for (default 0.8)")
     p.add_argument("--html", type=Path, default=None, metavar="DIR",
                    help="also write a results page DIR/index.html: leaderboard, per-class F1, confusion matrices, "
@@ -329,6 +362,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", default="0:1:0.1", help="alphas: 0,0.5,1 or start:stop:step (default 0:1:0.1)")
     p.add_argument("--suite", action="append", default=[], metavar="SUITE", help="a suite (one curve each); repeatable")
     p.add_argument("--task", action="append", default=[], metavar="TASK", help="a task (curve 'tasks'); repeatable")
+    p.add_argument("--data-root", type=Path, default=None, help="data root of benchmark tasks (as for 'run')")
+    p.add_argument("--store", type=Path, default=None, help="results database (default as for 'run')")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: next to the store)")
+    _add_bootstrap_options(p)
+    p.add_argument("--force", action="store_true", help="recompute experiments already in the store")
+    _add_task_options(p)
+    _add_common_run_options(p)
+
+    p = sub.add_parser("finetune", help="fine-tune an open_clip (contrastive) or timm model on a task's training split",
+                       description="Fine-tune MODEL on the training split of --task (its test split is held out) and "
+                       "write a safetensors checkpoint that 'lifebench run' loads as open_clip:ARCH@OUT (timm:NAME@OUT). "
+                       "Seeded; rerun the same command to resume a killed run from its last checkpoint (docs/finetune.md).")
+    p.add_argument("model", metavar="MODEL", help="open_clip:ARCH/TAG, open_clip:ARCH@CKPT|random, or timm:NAME[@...]")
+    p.add_argument("--task", required=True, metavar="TASK", help="a task name, folder or manifest (as for 'run')")
+    p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="the .safetensors file to write")
+    p.add_argument("--epochs", type=_at_least(1), default=10, help="passes over the training split (default 10)")
+    p.add_argument("--steps", type=_at_least(1), default=None, help="optimizer steps instead of --epochs")
+    p.add_argument("--batch-size", type=_at_least(2), default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate of AdamW (default 1e-5)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1, as wise-ft)")
+    p.add_argument("--warmup-steps", type=_at_least(0), default=None,
+                   help="linear warmup before the cosine decay (default: 10%% of the steps, at most 500)")
+    p.add_argument("--text-type", default="mixed", choices=["mixed", *TEXT_TYPES],
+                   help="open_clip captions: mixed (BioCLIP: one of sci, com, taxon, sci_com, taxon_com per step; "
+                   "default) or one text type")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="timm classification loss (default 0.1)")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the data order, flips and new head (default 0)")
+    p.add_argument("--checkpoint-every", type=_at_least(1), default=50, help="steps between checkpoints (default 50)")
+    p.add_argument("--restart", action="store_true", help="discard a resumable checkpoint of this --out and start over")
+    p.add_argument("--data-root", type=Path, default=None, help="data root of benchmark tasks (as for 'run')")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--workers", type=_at_least(0), default=0, help="image decoding processes (default 0)")
+    p.add_argument("--skip-bad-images", action="store_true", help=argparse.SUPPRESS)
+    _add_task_options(p)
+
+    p = sub.add_parser("forgetting", help="gain on the target, forgetting per suite and the best WiSE-FT alpha",
+                       description="Evaluate BASE, FINETUNED and their interpolations at each alpha on --target and on "
+                       "the reference suites and tasks, with paired intervals against BASE: the gain on the target, the "
+                       "forgetting per suite, the best alpha within --budget, a plot and a leakage check "
+                       "(forgetting.{txt,csv,json,png} in --out).")
+    p.add_argument("base", metavar="BASE", help="backbone id of the model before fine-tuning (alpha 0)")
+    p.add_argument("finetuned", metavar="FINETUNED", help="backbone id of the fine-tuned checkpoint (alpha 1)")
+    p.add_argument("--target", required=True, metavar="TASK", help="the task fine-tuned on (its test split is scored)")
+    p.add_argument("--suite", action="append", default=[], metavar="SUITE", help="a reference suite; repeatable")
+    p.add_argument("--task", action="append", default=[], metavar="TASK", help="a reference task (group 'tasks'); "
+                   "repeatable")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="alphas: 0,0.5,1 or start:stop:step "
+                   "(default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--budget", type=float, default=0.01,
+                   help="the most forgetting (base minus model, per suite) the best alpha may cost (default 0.01)")
     p.add_argument("--data-root", type=Path, default=None, help="data root of benchmark tasks (as for 'run')")
     p.add_argument("--store", type=Path, default=None, help="results database (default as for 'run')")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: next to the store)")
@@ -376,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="report folder (default: 'analysis' next to the store, or lifebench-analysis)")
     _add_bootstrap_options(p, seed_alias=True, confidence=True)
-    p.add_argument("--min-models", type=int, default=10, help="threshold sweep: fewest models at a threshold (default 10)")
+    p.add_argument("--min-models", type=_bounded(3, 10**6), default=10, help="threshold sweep: fewest models at a threshold (default 10)")
     p.add_argument("--clip-metric", default="acc1", choices=["acc1", "acc5", "mean_per_class_recall"],
                    help="CLIP_benchmark metric to import (default acc1)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (no matplotlib needed)")
@@ -469,8 +552,9 @@ def _parse_shots(text: str | None) -> list[int] | None:
         shots = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         shots = []
-    if not shots or min(shots) < 1:
-        raise ConfigError(f"--shots {text!r}: give positive whole numbers of images per class, e.g. --shots 1,5")
+    if not shots or min(shots) < 1 or max(shots) > 10**6:
+        raise ConfigError(f"--shots {text!r}: give whole numbers of images per class from 1 to 1000000, "
+                          "e.g. --shots 1,5")
     return sorted(set(shots))
 
 
@@ -753,8 +837,13 @@ def cmd_embed(args) -> int:
         w.writerow(["row", "id", "label", "split"])
         for row, i in enumerate(keep):
             w.writerow([row, task.examples.ids[i], task.examples.labels[i], split[i]])
-        atomic_write(out.with_suffix(".ids.csv"), lambda f: f.write(buf.getvalue().encode()))
-        atomic_write(out, lambda f: np.save(f, emb.vectors[keep]))
+        def write(f) -> None:  # the array whole on disk first, then its sidecar: never a sidecar without it
+            np.save(f, emb.vectors[keep])
+            f.flush()
+            os.fsync(f.fileno())
+            atomic_write(out.with_suffix(".ids.csv"), lambda g: g.write(buf.getvalue().encode()))
+
+        atomic_write(out, write)
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -973,6 +1062,10 @@ def cmd_analyze(args) -> int:
         from lifebench.export import open_results
 
         with open_results(store_path) as store:  # a store, or a predictions export rebuilt as one
+            names = sorted({e.task for e in store.experiments()})
+            if args.reference.split("[")[0] not in names:  # before minutes of bootstrapping, not after
+                raise DataError(f"reference task {args.reference!r} has no scores in {store_path}; tasks there: "
+                                f"{', '.join(names) or '(none)'}; pass --reference with one of them")
             results = from_store(store, n_resamples=args.resamples, seed=args.bootstrap_seed,
                                  confidence=args.confidence)
         out = args.out or Path(store_path).parent / "analysis"
@@ -1017,7 +1110,7 @@ def cmd_interpolate(args) -> int:
     options = RunOptions(cache_dir=_cache(args), device=args.device, batch_size=args.batch_size,
                          num_workers=args.workers, skip_bad_images=args.skip_bad_images, force=args.force,
                          show_progress=not args.quiet)
-    with Store(store_path) as store:
+    with _new_store_removed_on_error(store_path), Store(store_path) as store:  # refused inputs leave no store
         result = evaluate(args.a, args.b, alphas, tasks, groups, store, options, n_resamples=args.resamples,
                           seed=args.bootstrap_seed)
     print(result.to_text())
@@ -1027,6 +1120,84 @@ def cmd_interpolate(args) -> int:
 
 
 COMMANDS["interpolate"] = cmd_interpolate
+
+
+def _split_task(args, name: str, split: dict | None = None):
+    """``name`` resolved with one train/test split: ``split`` (a fine-tune's recorded test_size and seed) unless the
+    command line gives --test-size, else the task's own; a task that would be cross-fitted gets the default split,
+    because a fine-tuned model must be scored on images it did not train on."""
+    from lifebench.tasks.split import DEFAULT_TEST_SIZE
+
+    if args.folds is not None:
+        raise ConfigError(f"--folds {args.folds}: fine-tuning trains on a train split and scores a held-out test "
+                          "split; give --test-size instead")
+    if split and args.test_size is None:
+        args = argparse.Namespace(**{**vars(args), "test_size": split["test_size"], "split_seed": split["split_seed"]})
+    (task,) = _resolve_tasks(args, [name])
+    if task.folds is not None:
+        args = argparse.Namespace(**{**vars(args), "test_size": DEFAULT_TEST_SIZE})
+        (task,) = _resolve_tasks(args, [name])
+    return task, {"test_size": args.test_size, "split_seed": args.split_seed}
+
+
+def cmd_finetune(args) -> int:
+    from lifebench.finetune import finetune, make_recipe
+
+    task, split = _split_task(args, args.task)
+    print(_task_line(task))
+    recipe = make_recipe(args.model, task, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+                         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                         text_type=args.text_type, label_smoothing=args.label_smoothing, seed=args.seed,
+                         device=args.device, checkpoint_every=args.checkpoint_every)
+    result = finetune(recipe, task, args.out, device=args.device, num_workers=args.workers,
+                      show_progress=not args.quiet, restart=args.restart, split_options=split)
+    if result.resumed_from == -1:
+        print(f"{result.path} holds this recipe's weights already (delete it or pass --restart to train again)")
+    else:
+        resumed = f", resumed at step {result.resumed_from}" if result.resumed_from else ""
+        print(f"fine-tuned {recipe.model} on {len(task.train_idx)} training images of {task.name} "
+              f"({len(task.test_idx)} test images held out): {recipe.steps} steps{resumed}, loss "
+              f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}, {result.seconds:.1f} s")
+    print(f"wrote {result.path} (recipe: {result.path.with_suffix('.json')})\nload it as {result.backbone_id}")
+    return 0
+
+
+COMMANDS["finetune"] = cmd_finetune
+
+
+def cmd_forgetting(args) -> int:
+    from lifebench.backbones import parse_backbone_id
+    from lifebench.finetune import read_recipe
+    from lifebench.interpolate import parse_alphas, suite_groups
+    from lifebench.report.forgetting import evaluate_forgetting
+    from lifebench.store import Store
+
+    _check_resamples(args.resamples)
+    alphas = parse_alphas(args.alphas)
+    if not args.suite and not args.task:
+        raise ConfigError("give at least one reference --suite or --task to measure forgetting on")
+    weights = parse_backbone_id(args.finetuned).weights
+    recipe = read_recipe(weights) if weights.startswith("/") else None
+    trained = (recipe or {}).get("trained_on", {})
+    target, _ = _split_task(args, args.target, trained.get("split_options"))
+    if recipe and target.name != trained.get("task"):
+        log.warning("FINETUNED was fine-tuned on %s, not on the target %s", trained.get("task"), target.name)
+    groups = suite_groups(args.suite, args.task, args.data_root or data_dir())
+    refs = [n for n in dict.fromkeys(n for names in groups.values() for n in names) if n != args.target]
+    tasks = [t for t in _resolve_tasks(args, refs) if t.name != target.name] + [target]
+    store_path = args.store or default_store()
+    options = _run_options(argparse.Namespace(**{**vars(args), "keep_going": False, "endpoint": None}))
+    with _new_store_removed_on_error(store_path), Store(store_path) as store:
+        result = evaluate_forgetting(args.base, args.finetuned, alphas, target, groups, tasks, store, options,
+                                     budget=args.budget, n_resamples=args.resamples, seed=args.bootstrap_seed,
+                                     recipe=recipe)
+    print(result.to_text())
+    written = result.write(args.out or Path(store_path).parent)
+    print(f"report: {', '.join(str(p) for p in written.values())}")
+    return 0
+
+
+COMMANDS["forgetting"] = cmd_forgetting
 
 
 def cmd_microscopy_report(args) -> int:
@@ -1107,7 +1278,7 @@ def _check_output_folders(args) -> None:
     for option, attr in (("--out", "out"), ("--out", "report_dir"), ("--plot-dir", "plot_dir"), ("--html", "html")):
         if (value := getattr(args, attr, None)) is None:
             continue
-        existing = nearest_existing(Path(value).parent if args.command in ("embed", "export") else value)  # a file
+        existing = nearest_existing(Path(value).parent if args.command in ("embed", "export", "finetune") else value)  # a file
         if not existing.is_dir():
             raise ConfigError(f"{option} {value}: {existing} is a file, not a folder; pass a folder path")
         if not os.access(existing, os.W_OK | os.X_OK):
@@ -1136,8 +1307,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # permission denied, disk full, ...: the user's environment, not a lifebench bug
         where = f": {e.filename}" if e.filename else ""
-        print(f"lifebench: error: {e.strerror or e}{where}; check the path and its permissions or free space",
-              file=sys.stderr)
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # files are written atomically: none is half there
+            print(f"lifebench: error: the disk is full or the file too large ({e.strerror}) writing "
+                  f"{e.filename or 'an output file'}; nothing was half-written: free space (or raise the file-size "
+                  "limit) and rerun", file=sys.stderr)
+        else:
+            print(f"lifebench: error: {e.strerror or e}{where}; check the path and its permissions or free space",
+                  file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lifebench: interrupted; finished experiments and cache entries are kept", file=sys.stderr)

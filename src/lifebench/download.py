@@ -19,6 +19,7 @@ import hashlib
 import http.client
 import json
 import logging
+import lzma
 import os
 import shutil
 import tarfile
@@ -28,10 +29,12 @@ import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
 from lifebench.errors import DataError
+from lifebench.fsutil import atomic_write
 from lifebench.progress import progress
 
 __all__ = ["CHECKSUMS_FILE", "HTTPStatusError", "download", "extract", "extract_renamed", "file_digest", "hf_download",
@@ -99,20 +102,33 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 
 def _recorded(dest: Path) -> dict[str, str]:
+    """The checksums recorded beside ``dest``; a damaged table is an error rather than an empty one, which would
+    silently stop checking every file recorded in it (and be overwritten by the next record)."""
     p = dest.parent / CHECKSUMS_FILE
     try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
+        raw = p.read_bytes()
+    except FileNotFoundError:
         return {}
+    except OSError as e:
+        raise DataError(f"cannot read {p}: {e.strerror or e}; make it readable and rerun") from None
+    try:
+        table = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        table = e
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise DataError(f"{p} is not a JSON object of file name -> sha256; restore it, or delete it to record "
+                        "the checksums of the next downloads afresh")
+    return table
 
 
 def _record(dest: Path, sha256: str) -> None:
     table = _recorded(dest)
     table[dest.name] = sha256
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=CHECKSUMS_FILE, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(table, f, indent=1, sort_keys=True)
-    os.replace(tmp, dest.parent / CHECKSUMS_FILE)
+    _write_table(dest.parent / CHECKSUMS_FILE, table)
+
+
+def _write_table(path: Path, table: dict[str, str]) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(table, indent=1, sort_keys=True).encode()))
 
 
 def _verify(path: Path, url: str, sha256: str | None, md5: str | None, recorded: str | None) -> str:
@@ -204,14 +220,36 @@ def _stream(url: str, part: Path, timeout: float, show_progress: bool,
         raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
 
 
+class _Refused(DataError):
+    """An archive that will not be extracted: a hostile member, or not a readable archive at all."""
+
+
+_SPECIAL = (("ischr", "character device"), ("isblk", "block device"), ("isfifo", "named pipe (fifo)"))
+
+
 def _safe_members_tar(tar: tarfile.TarFile, archive: Path):
     for m in tar.getmembers():
         name = Path(m.name)
         if name.is_absolute() or ".." in name.parts:
-            raise DataError(f"{archive.name}: member {m.name!r} would be written outside the target; not extracting")
+            raise _Refused(f"{archive.name}: member {m.name!r} would be written outside the target")
         if (m.issym() or m.islnk()) and (Path(m.linkname).is_absolute() or ".." in Path(m.linkname).parts):
-            raise DataError(f"{archive.name}: link {m.name!r} -> {m.linkname!r} escapes the target; not extracting")
+            raise _Refused(f"{archive.name}: link {m.name!r} -> {m.linkname!r} escapes the target")
+        for test, kind in _SPECIAL:
+            if getattr(m, test)():
+                raise _Refused(f"{archive.name}: member {m.name!r} is a {kind}, which no data archive holds")
         yield m
+
+
+def _discard(archive: Path) -> None:
+    """Delete a refused archive and its recorded checksum: a rerun downloads it again instead of trusting it."""
+    archive.unlink(missing_ok=True)
+    table_path = archive.parent / CHECKSUMS_FILE
+    try:
+        table = _recorded(archive)
+    except DataError:
+        return
+    if table.pop(archive.name, None) is not None:
+        _write_table(table_path, table)
 
 
 def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
@@ -219,7 +257,9 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
 
     Members are unpacked into a staging folder inside ``dest`` first; only when that finished are its top-level
     entries moved into ``dest`` (replacing older copies) and a marker ``.lifebench-extracted-<archive>`` written.
-    Idempotent: with the marker present nothing is done again.
+    Idempotent: with the marker present nothing is done again. An archive that is refused (a member that would
+    land outside ``dest``, an escaping link, a device file or fifo) or cannot be read is deleted with its recorded
+    checksum: it is a download, and a rerun should fetch it again rather than trust it.
     """
     archive, dest = Path(archive), Path(dest)
     marker = dest / f".lifebench-extracted-{archive.name}"
@@ -235,14 +275,13 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
                 for name in z.namelist():
                     p = Path(name)
                     if p.is_absolute() or ".." in p.parts:
-                        raise DataError(f"{archive.name}: member {name!r} would be written outside the target; "
-                                        "not extracting")
+                        raise _Refused(f"{archive.name}: member {name!r} would be written outside the target")
                 z.extractall(staging)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tar:
                 tar.extractall(staging, members=list(_safe_members_tar(tar, archive)), filter="data")
         else:
-            raise DataError(f"{archive} is neither a zip nor a tar archive; delete it and download again")
+            raise _Refused(f"{archive.name} is neither a zip nor a tar archive")
         entries = sorted(staging.iterdir())
         for entry in entries:
             target = dest / entry.name
@@ -253,6 +292,10 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
             os.replace(entry, target)
         marker.write_text("".join(f"{e.name}\n" for e in entries))
         return [dest / e.name for e in entries]
+    except (_Refused, zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
+        _discard(archive)
+        what = str(e) if isinstance(e, _Refused) else f"{archive.name} is corrupt or truncated ({e or type(e).__name__})"
+        raise DataError(f"{what}; not extracting: the archive was deleted, so a rerun downloads it again") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DataError(f"disk full while extracting {archive.name} into {dest}; free space and rerun "

@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -159,9 +159,13 @@ def _write_predictions(store: Any, out: Path, tasks: Sequence[str] | None) -> in
         writer.writerow(cols)
         for row in zip(*cols.values(), strict=True):
             writer.writerow(["" if v is None else _dumps(v) if isinstance(v, list) else v for v in row])
-        side = _sidecar(out)
-        atomic_write(side, lambda fh: fh.write((_dumps(header, indent=1) + "\n").encode("utf-8")))
-        atomic_write(out, lambda fh: fh.write(buf.getvalue().encode("utf-8")))
+        def write(fh: IO[bytes]) -> None:  # the CSV whole on disk first, then its sidecar: never one without the other
+            fh.write(buf.getvalue().encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+            atomic_write(_sidecar(out), lambda g: g.write((_dumps(header, indent=1) + "\n").encode("utf-8")))
+
+        atomic_write(out, write)
     return n
 
 

@@ -21,7 +21,7 @@ the size the caller asks for, which is several times cheaper for large photos.
 CLIP_benchmark, eVLLM's model wrappers): ``Image.open(path).convert("RGB")``, full decode, no EXIF rotation, the
 alpha channel dropped (a transparent pixel shows whatever colour it stores, often black) and 16-bit images
 clipped to 255 by PIL's conversion. lifebench's policy above differs from it only on transparent, EXIF-rotated
-and wide (16-bit, float) images; decoding ``reference`` (:data:`lifebench.datapath.DECODINGS`) uses it so that a
+and wide (16-bit, float) images; decoding ``reference`` (:data:`lifebench.features.datapath.DECODINGS`) uses it so that a
 paper's numbers can be reproduced pixel for pixel.
 """
 

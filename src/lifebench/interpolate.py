@@ -9,14 +9,19 @@ backbone, ``<family>:<arch>@<that file>``, evaluated by the normal run path and 
 and 1 copy A and B exactly. The result is each suite's mean score (and each task's score with its bootstrap
 interval) against alpha: a table (``interpolation.csv``, ``.json``) and a plot (``interpolation.png``).
 
-Two checkpoints of different architectures (another family or architecture name, other parameter names or shapes)
-are refused with one line naming the first difference.
+A timm model fine-tuned with a new classification head (``lifebench finetune``) has a head of the task's width, its
+base one of ImageNet's. The probes score pooled features, which the head never touches, so when the two heads
+differ only the shared backbone is interpolated and both heads are dropped (the checkpoints load head-less, with
+the same features; WiSE-FT mixes heads too, but there both start from one zero-shot head of the same classes, while
+an ImageNet head and a task's head have nothing to mix). Any other difference (another family or architecture name,
+other parameter names or shapes) is refused with one line naming the first.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -31,8 +36,8 @@ from lifebench.backbones import load_backbone, parse_backbone_id
 from lifebench.errors import ConfigError
 from lifebench.fsutil import atomic_write
 
-__all__ = ["Interpolation", "checkpoints", "evaluate", "interpolate_state_dicts", "parse_alphas", "resolve_groups",
-           "suite_groups"]
+__all__ = ["Interpolation", "checkpoints", "drop_differing_heads", "evaluate", "interpolate_state_dicts",
+           "parse_alphas", "resolve_groups", "suite_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +45,29 @@ FAMILIES = ("open_clip", "timm")
 """Families whose ids name a local checkpoint (``<family>:<arch>@<file>``)."""
 
 
+MAX_ALPHAS = 1000  # each alpha is a checkpoint written and a full evaluation
+
+
 def parse_alphas(text: str) -> list[float]:
-    """``"0,0.1,...,1"`` (or ``"0:1:0.1"``, start:stop:step inclusive) as a sorted list of distinct floats."""
+    """``"0,0.1,...,1"`` (or ``"0:1:0.1"``, start:stop:step inclusive) as a sorted list of distinct floats.
+
+    At most :data:`MAX_ALPHAS` finite values: ``0:1:1e-12`` would otherwise build a list of a trillion alphas."""
+    fix = f"give at most {MAX_ALPHAS} finite numbers separated by commas (0,0.5,1) or start:stop:step (0:1:0.1)"
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if step <= 0:
+            if not step > 0 or not all(math.isfinite(v) for v in (start, stop, step)):
                 raise ValueError
-            values = [round(start + k * step, 10) for k in range(int(math.floor((stop - start) / step + 1e-9)) + 1)]
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            if count > MAX_ALPHAS:
+                raise ConfigError(f"--alphas {text!r} makes {count:g} alphas; {fix}")
+            values = [round(start + k * step, 10) for k in range(count)]
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
+    except (ValueError, OverflowError):
         values = []
-    if not values or any(not math.isfinite(v) for v in values):
-        raise ConfigError(f"--alphas {text!r}: give numbers separated by commas (0,0.5,1) or start:stop:step (0:1:0.1)")
+    if not values or len(values) > MAX_ALPHAS or any(not math.isfinite(v) for v in values):
+        raise ConfigError(f"--alphas {text[:60]!r}: {fix}")
     return sorted(set(values))
 
 
@@ -85,6 +99,29 @@ def interpolate_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tenso
     return out
 
 
+def drop_differing_heads(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], heads: tuple[str, ...]
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``a`` and ``b`` without the parameters under the module names ``heads`` when those differ in names or shapes.
+
+    Matching heads are kept (and interpolated like any weight); other differences are left for
+    :func:`interpolate_state_dicts` to refuse.
+    """
+    def is_head(key: str) -> bool:
+        return any(key == h or key.startswith(h + ".") for h in heads)
+
+    keys = [k for k in a.keys() | b.keys() if is_head(k)]
+    if all(k in a and k in b and a[k].shape == b[k].shape for k in keys):
+        return a, b
+    log.info("the classifier heads differ (%s); interpolating the backbone without them", ", ".join(sorted(keys)))
+    return ({k: v for k, v in a.items() if not is_head(k)}, {k: v for k, v in b.items() if not is_head(k)})
+
+
+def _heads(family: str, module: torch.nn.Module) -> tuple[str, ...]:
+    """The classifier module names of a timm model (its ``pretrained_cfg``, as the timm loader reads them)."""
+    classifier = (getattr(module, "pretrained_cfg", None) or {}).get("classifier") if family == "timm" else None
+    return (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+
+
 def _arch(spec: str) -> tuple[str, str]:
     parsed = parse_backbone_id(spec)
     if parsed.family not in FAMILIES or parsed.name.startswith(("hf-hub:", "local-dir:")):
@@ -94,18 +131,21 @@ def _arch(spec: str) -> tuple[str, str]:
 
 
 def checkpoints(a: str, b: str, alphas: list[float], cache_dir: str | Path) -> list[tuple[float, str]]:
-    """Write the interpolated checkpoints (once) and return ``(alpha, backbone id)`` for each alpha."""
+    """Write the interpolated checkpoints (once) and return ``(alpha, backbone id)`` for each alpha.
+
+    Classifier heads of different widths are left out of every checkpoint (:func:`drop_differing_heads`)."""
     (fa, arch_a), (fb, arch_b) = _arch(a), _arch(b)
     if (fa, arch_a) != (fb, arch_b):
         raise ConfigError(f"A ({fa}:{arch_a}) and B ({fb}:{arch_b}) are different architectures; interpolation "
                           "needs two checkpoints of one architecture")
     ma, mb = load_backbone(a), load_backbone(b)
-    sa, sb = ma.module.state_dict(), mb.module.state_dict()
+    sa, sb = drop_differing_heads(ma.module.state_dict(), mb.module.state_dict(), _heads(fa, ma.module))
     interpolate_state_dicts(sa, sb, 0.5, (a, b))  # different architectures fail here, before anything is written
     key = hashlib.sha256(json.dumps([ma.id, ma.fingerprint, mb.id, mb.fingerprint]).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / "interpolated" / key
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "endpoints.json").write_text(json.dumps({"A": ma.id, "B": mb.id}, indent=1) + "\n")
+    ends = json.dumps({"A": ma.id, "B": mb.id}, indent=1) + "\n"
+    atomic_write(folder / "endpoints.json", lambda f: f.write(ends.encode("utf-8")))
     out = []
     for alpha in alphas:
         path = folder / f"alpha-{alpha:.4f}.pt"
@@ -171,12 +211,14 @@ class Interpolation:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"csv": out / "interpolation.csv", "json": out / "interpolation.json"}
-        with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["alpha", "group", "task", "metric", "backbone", "point", "low", "high"])
-            w.writeheader()
-            w.writerows(self.rows)
-        paths["json"].write_text(json.dumps({"A": self.a, "B": self.b, "groups": self.groups, "rows": self.rows,
-                                             "curves": self.curves()}, indent=1) + "\n")
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=["alpha", "group", "task", "metric", "backbone", "point", "low", "high"])
+        w.writeheader()
+        w.writerows(self.rows)
+        doc = json.dumps({"A": self.a, "B": self.b, "groups": self.groups, "rows": self.rows,
+                          "curves": self.curves()}, indent=1) + "\n"
+        atomic_write(paths["csv"], lambda f: f.write(buf.getvalue().encode("utf-8")))  # each whole, or not replaced
+        atomic_write(paths["json"], lambda f: f.write(doc.encode("utf-8")))
         if plot:
             paths["png"] = self.plot(out / "interpolation.png")
         return paths
@@ -197,7 +239,7 @@ class Interpolation:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
         plt.close(fig)
         return Path(path)
 

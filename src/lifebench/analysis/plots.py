@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from lifebench.errors import MissingDependencyError
+from lifebench.fsutil import atomic_write
 
 __all__ = ["write_plots"]
 
@@ -68,7 +69,8 @@ def write_plots(analysis: Any, out_dir: str | os.PathLike[str]) -> dict[str, dic
             paths = {}
             for ext in ("png", "svg"):
                 paths[ext] = out / f"{name}.{ext}"
-                fig.savefig(paths[ext], format=ext, metadata={"Date": None} if ext == "svg" else None)
+                atomic_write(paths[ext], lambda f, ext=ext, fig=fig: fig.savefig(
+                    f, format=ext, metadata={"Date": None} if ext == "svg" else None))
                 fig.set_layout_engine("none")  # keep the layout computed for the PNG: the SVG is drawn alike
             made[name] = {**paths, "title": title, "caption": caption}
     return made

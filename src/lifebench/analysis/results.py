@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from lifebench.errors import ConfigError, DataError
-from lifebench.fsutil import atomic_write
+from lifebench.fsutil import atomic_write, read_text
 from lifebench.store.provenance import machine_summary
 from lifebench.store.sqlite import reads_store
 from lifebench.tasks.folder import read_csv
@@ -340,11 +340,12 @@ def _read_one(path: Path, clip_metric: str) -> ResultSet:
         return _read_export_table(path)
     if path.suffix == ".csv":
         return _read_export_table(path)
+    fix = "pass a BioBench results.json, a CLIP_benchmark result or a lifebench export (.json, .csv, .parquet)"
+    text = read_text(path, what="results file", fix=fix)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); pass a BioBench results.json, a CLIP_benchmark "
-                        "result or a lifebench export (.json, .csv, .parquet)") from exc
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer of over 4300 digits, deep nesting
+        raise DataError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:200]}); {fix}") from None
     if isinstance(doc, dict) and doc.get("schema") == EXPORT_SCHEMA:
         return _read_export_json(path, doc)
     if isinstance(doc, dict) and {"models", "results", "benchmark_tasks"} <= doc.keys():
@@ -365,9 +366,53 @@ def _need(cond: bool, path: Path, where: str, what: str) -> None:
 
 
 def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    return float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _show(v: Any) -> str:
+    """A value for a one-line message: its repr (which escapes newlines), cut short."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_KINDS = {str: "a string", float: "a finite number", int: "a whole number", bool: "true or false", list: "a list"}
+
+
+def _field(path: Path, where: str, obj: dict[str, Any], key: str, kind: type, required: bool = False) -> Any:
+    """``obj[key]`` checked to be of ``kind`` (``float`` and ``int``: a finite JSON number; ``int`` whole); None when
+    absent or null unless ``required``. A value of another type is an error naming the file, entry, field and value,
+    never silently dropped: a typo in a results file should not quietly remove a model's metadata."""
+    v = obj.get(key)
+    if v is None:
+        _need(not required, path, where, f"has no {key}")
+        return None
+    if kind in (float, int):
+        n = _number(v)
+        ok = n is not None and (kind is float or n.is_integer())
+        _need(ok, path, where, f"has {key} {_show(v)}, expected {_KINDS[kind]}")
+        return int(n) if kind is int else n  # type: ignore[arg-type]
+    _need(isinstance(v, kind), path, where, f"has {key} {_show(v)}, expected {_KINDS[kind]}")
+    return v
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _release_date(path: Path, where: str, ms: float | None) -> str | None:
+    """BioBench's ``release_ms`` (milliseconds since 1970) as an ISO date."""
+    if ms is None:
+        return None
+    try:
+        return (_EPOCH + dt.timedelta(milliseconds=ms)).date().isoformat()
+    except (OverflowError, ValueError):
+        raise DataError(f"{path}: {where} has release_ms {_show(ms)}, which is no date (milliseconds since "
+                        "1970 within years 1-9999); fix the file or re-export it") from None
 
 
 def _read_biobench(path: Path, doc: dict[str, Any]) -> ResultSet:
@@ -375,16 +420,14 @@ def _read_biobench(path: Path, doc: dict[str, Any]) -> ResultSet:
     _need(isinstance(doc["models"], list), path, "models", "must be a list")
     models: dict[str, Model] = {}
     for i, m in enumerate(doc["models"]):
-        _need(isinstance(m, dict) and isinstance(m.get("ckpt"), str) and m["ckpt"], path, f"models[{i}]",
+        where = f"models[{i}]"
+        _need(isinstance(m, dict) and isinstance(m.get("ckpt"), str) and m["ckpt"], path, where,
               "needs a ckpt string")
-        release = None
-        if (ms := _number(m.get("release_ms"))) is not None:
-            release = dt.datetime.fromtimestamp(ms / 1000.0, dt.UTC).date().isoformat()
-        res = _number(m.get("resolution"))
         models[m["ckpt"]] = Model(
             m["ckpt"], str(m.get("display") or m["ckpt"]), family=None if m.get("family") is None else
-            str(m["family"]), params=_number(m.get("params")), resolution=None if res is None else int(res),
-            release=release,
+            str(m["family"]), params=_field(path, where, m, "params", float),
+            resolution=_field(path, where, m, "resolution", int),
+            release=_release_date(path, where, _field(path, where, m, "release_ms", float)),
         )  # fmt: skip
     tasks: dict[str, str] = {}
     suite = []
@@ -397,26 +440,31 @@ def _read_biobench(path: Path, doc: dict[str, Any]) -> ResultSet:
             if key == "benchmark_tasks":
                 suite.append(t["name"])
     bests: dict[str, tuple[str, set[str]]] = {}
+    _need(isinstance(doc.get("bests") or [], list), path, "bests", "must be a list")
     for i, b in enumerate(doc.get("bests") or []):
         _need(isinstance(b, dict) and isinstance(b.get("task"), str) and isinstance(b.get("best"), str), path,
               f"bests[{i}]", "needs task and best")
-        bests[b["task"]] = (b["best"], set(b.get("ties") or []))
+        ties = _field(path, f"bests[{i}]", b, "ties", list) or []
+        _need(all(isinstance(t, str) for t in ties), path, f"bests[{i}]", "has ties that are not all model names")
+        bests[b["task"]] = (b["best"], set(ties))
     _need(isinstance(doc["results"], list), path, "results", "must be a list")
     scores, seen, notes = [], set(), []
     for i, r in enumerate(doc["results"]):
         where = f"results[{i}]"
         _need(isinstance(r, dict), path, where, "must be an object")
         task, model, mean = r.get("task"), r.get("model"), _number(r.get("mean"))
-        _need(task in tasks, path, where, f"names task {task!r}, which is in neither benchmark_tasks nor "
-              "prior_work_tasks")
-        _need(model in models, path, where, f"names model {model!r}, which is not in models[]")
-        _need(mean is not None, path, where, f"has no numeric mean (got {r.get('mean')!r})")
+        _need(isinstance(task, str) and task in tasks, path, where, f"names task {_show(task)}, which is in "
+              "neither benchmark_tasks nor prior_work_tasks")
+        _need(isinstance(model, str) and model in models, path, where, f"names model {_show(model)}, which is not "
+              "in models[]")
+        _need(mean is not None, path, where, f"has no numeric mean (got {_show(r.get('mean'))})")
         _need((task, model) not in seen, path, where, f"repeats task {task!r} for model {model!r}")
         seen.add((task, model))
         best, ties = bests.get(task, (None, None))
         tied = None if ties is None else (model in ties and model != best)
-        scores.append(Score(task, model, mean, _number(r.get("ci_low")), _number(r.get("ci_high")), "",
-                            is_best=model == best, tied=tied, source=src))
+        scores.append(Score(task, model, mean, _field(path, where, r, "ci_low", float),
+                            _field(path, where, r, "ci_high", float), "", is_best=model == best, tied=tied,
+                            source=src))
     for t in tasks:
         if not any(s.task == t for s in scores):
             notes.append(f"task {t}: no results in {src}")
@@ -456,21 +504,42 @@ def _read_clip(docs: list[tuple[Path, dict[str, Any]]], metric: str) -> ResultSe
 
 
 def _read_export_json(path: Path, doc: dict[str, Any]) -> ResultSet:
-    try:
-        models = {m["name"]: Model(**m) for m in doc.get("models", [])}
-        scores = [Score(**{k: r.get(k) for k in ("task", "model", "point", "low", "high", "tied", "pvalue")},
-                        metric=r.get("metric") or "", is_best=bool(r.get("is_best")), source=r.get("source") or "")
-                  for r in doc["results"]]
-        tasks = {t["name"]: t.get("display") or t["name"] for t in doc.get("tasks", [])}
-    except (KeyError, TypeError) as exc:
-        raise DataError(f"{path}: a lifebench export with a malformed entry ({exc!r}); re-export it") from exc
-    for s in scores:
-        _need(_number(s.point) is not None, path, f"result {s.task}/{s.model}", "has no numeric point")
+    _need(isinstance(doc.get("results"), list), path, "results", "must be a list")
+    for key in ("models", "tasks", "suite", "notes"):
+        _need(isinstance(doc.get(key) or [], list), path, key, "must be a list")
+    _need(isinstance(doc.get("meta") or {}, dict), path, "meta", "must be an object")
+    models = {}
+    for i, m in enumerate(doc.get("models") or []):
+        where = f"models[{i}]"
+        _need(isinstance(m, dict), path, where, "must be an object")
+        name = _field(path, where, m, "name", str, required=True)
+        models[name] = Model(name, _field(path, where, m, "display", str) or "", _field(path, where, m, "family", str),
+                             _field(path, where, m, "params", float), _field(path, where, m, "resolution", int),
+                             _field(path, where, m, "release", str))
+    scores = []
+    for i, r in enumerate(doc["results"]):
+        where = f"results[{i}]"
+        _need(isinstance(r, dict), path, where, "must be an object")
+        scores.append(Score(
+            _field(path, where, r, "task", str, required=True), _field(path, where, r, "model", str, required=True),
+            _field(path, where, r, "point", float, required=True), _field(path, where, r, "low", float),
+            _field(path, where, r, "high", float), _field(path, where, r, "metric", str) or "",
+            bool(_field(path, where, r, "is_best", bool)), _field(path, where, r, "tied", bool),
+            _field(path, where, r, "pvalue", float), _field(path, where, r, "source", str) or ""))
+    tasks = {}
+    for i, t in enumerate(doc.get("tasks") or []):
+        _need(isinstance(t, dict), path, f"tasks[{i}]", "must be an object")
+        name = _field(path, f"tasks[{i}]", t, "name", str, required=True)
+        tasks[name] = _field(path, f"tasks[{i}]", t, "display", str) or name
     for s in scores:
         tasks.setdefault(s.task, s.task)
-    rs = ResultSet(scores=scores, models=models, tasks=tasks, suite=list(doc.get("suite") or tasks),
+    suite = doc.get("suite") or list(tasks)
+    notes = doc.get("notes") or []
+    _need(all(isinstance(x, str) for x in suite), path, "suite", "must list task names")
+    _need(all(isinstance(x, str) for x in notes), path, "notes", "must be a list of strings")
+    rs = ResultSet(scores=scores, models=models, tasks=tasks, suite=list(suite),
                    source=f"lifebench export {path}", provenance=[{"file": str(path), "format": EXPORT_SCHEMA}],
-                   meta=doc.get("meta") or {}, notes=list(doc.get("notes") or []))
+                   meta=doc.get("meta") or {}, notes=list(notes))
     _check_unique(rs)
     return rs
 
@@ -487,41 +556,58 @@ def _read_export_table(path: Path) -> ResultSet:
         rows = read_csv(path, fix="save the export as UTF-8, or export it again with 'lifebench analyze --out DIR'")
     needed = {"task", "model", "point"}
     if not rows or not needed <= rows[0].keys():
-        have = ", ".join(sorted(rows[0])) if rows else "no rows"
+        have = (", ".join(sorted(repr(k) for k in rows[0] if isinstance(k, str))) or "none") if rows else "no rows"
         raise DataError(f"{path} is not a lifebench export (needs columns task, model, point; has {have}); "
                         "export with 'lifebench analyze --out DIR'")
 
-    def num(v: Any) -> float | None:
-        if v in (None, ""):
-            return None
-        try:
-            return _number(float(v))
-        except (TypeError, ValueError):
-            return None
-
-    def flag(v: Any) -> bool | None:
-        if v in (None, ""):
-            return None
-        return v if isinstance(v, bool) else str(v).lower() == "true"
-
     scores, models, tasks, suite = [], {}, {}, []
-    for i, r in enumerate(rows):
-        point = num(r["point"])
-        _need(point is not None, path, f"row {i + 1}", f"has no numeric point (got {r['point']!r})")
-        res = num(r.get("resolution"))
-        models.setdefault(r["model"], Model(r["model"], r.get("display") or r["model"], r.get("family") or None,
-                                            num(r.get("params")), None if res is None else int(res),
-                                            r.get("release") or None))
-        tasks.setdefault(r["task"], r.get("task_display") or r["task"])
-        if flag(r.get("in_suite")) and r["task"] not in suite:
-            suite.append(r["task"])
-        scores.append(Score(r["task"], r["model"], point, num(r.get("low")), num(r.get("high")),
-                            r.get("metric") or "", bool(flag(r.get("is_best"))), flag(r.get("tied")),
-                            num(r.get("pvalue")), r.get("source") or path.name))
+    for i, raw in enumerate(rows):
+        where = f"row {i + 1}"
+        r = _table_row(path, where, raw)
+        task, model = _field(path, where, r, "task", str, True), _field(path, where, r, "model", str, True)
+        models.setdefault(model, Model(model, _field(path, where, r, "display", str) or model,
+                                       _field(path, where, r, "family", str), _field(path, where, r, "params", float),
+                                       _field(path, where, r, "resolution", int),
+                                       _field(path, where, r, "release", str)))
+        tasks.setdefault(task, _field(path, where, r, "task_display", str) or task)
+        if _field(path, where, r, "in_suite", bool) and task not in suite:
+            suite.append(task)
+        scores.append(Score(task, model, _field(path, where, r, "point", float, True),
+                            _field(path, where, r, "low", float), _field(path, where, r, "high", float),
+                            _field(path, where, r, "metric", str) or "", bool(_field(path, where, r, "is_best", bool)),
+                            _field(path, where, r, "tied", bool), _field(path, where, r, "pvalue", float),
+                            _field(path, where, r, "source", str) or path.name))
     rs = ResultSet(scores=scores, models=models, tasks=tasks, suite=suite or list(tasks),
                    source=f"lifebench export {path}", provenance=[{"file": str(path), "format": EXPORT_SCHEMA}])
     _check_unique(rs)
     return rs
+
+
+_TABLE_NUMBERS = frozenset({"point", "low", "high", "pvalue", "params", "resolution"})
+_TABLE_FLAGS = frozenset({"in_suite", "is_best", "tied"})
+
+
+def _table_row(path: Path, where: str, row: dict[Any, Any]) -> dict[str, Any]:
+    """A CSV or Parquet export row with the JSON export's types: empty cells dropped, numbers and true/false parsed
+    (a value that does not parse is an error naming it), an optional number that is NaN or infinite dropped (the
+    JSON export writes those as null)."""
+    out: dict[str, Any] = {}
+    for key, v in row.items():
+        if not isinstance(key, str) or v is None or (isinstance(v, str) and not v.strip()):
+            continue  # an extra CSV field (key None), an empty cell
+        if key in _TABLE_NUMBERS and isinstance(v, str):
+            try:
+                v = float(v)
+            except ValueError:
+                raise DataError(f"{path}: {where} has {key} {_show(v)}, expected a number; fix the file or re-export "
+                                "it") from None
+        elif key in _TABLE_FLAGS and isinstance(v, str):
+            _need(v.strip().lower() in ("true", "false"), path, where, f"has {key} {_show(v)}, expected true or false")
+            v = v.strip().lower() == "true"
+        if key in _TABLE_NUMBERS and key != "point" and isinstance(v, float) and not math.isfinite(v):
+            continue
+        out[key] = v
+    return out
 
 
 def _check_unique(rs: ResultSet) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pickle
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +65,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 _RANDOM = re.compile(r"random(?::(\d+))?")
 _HF_REPO = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
 
 
 class BackboneId(NamedTuple):
@@ -370,30 +373,72 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def short_error(err: BaseException, limit: int = 200) -> str:
-    """The first line of ``err``'s message, cut to ``limit`` characters: for one-line errors that quote a library."""
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    """The first line of ``err``'s message, cut to ``limit`` characters: for one-line errors that quote a library.
+
+    A first line that only introduces what follows ("Error(s) in loading state_dict for CLIP:") gets the next
+    line, which says what is wrong."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def is_weights_error(err: BaseException) -> bool:
+    """True when ``err`` comes from reading a weights file: a refused or broken pickle, a corrupt safetensors."""
+    return isinstance(err, pickle.UnpicklingError) or type(err).__name__ == "SafetensorError"
+
+
+def unreadable_checkpoint(path: str | Path, err: BaseException) -> ConfigError:
+    """One line, naming the file and the fix, for a weights file that cannot be read.
+
+    Pickles are loaded with ``torch.load(weights_only=True)``, which builds tensors and plain containers only, so
+    that no code in a downloaded file can run; a pickle that needs anything else (an ``argparse.Namespace`` of
+    training arguments, a whole pickled model) is refused rather than trusted. PyTorch's own refusal is a page of
+    advice; this names the class the file needs and the safe fix instead. ``path`` may be a model folder: the
+    error then names the folder's only weights file of the kind that failed (libraries do not say which file).
+    """
+    text = str(err)
+    if Path(path).is_dir():
+        suffixes = (".safetensors",) if type(err).__name__ == "SafetensorError" else (".bin", ".pt", ".pth")
+        found = sorted(p for p in Path(path).iterdir() if p.suffix in suffixes)
+        path = found[0] if len(found) == 1 else path
+    if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        if needs := _REFUSED_GLOBAL.search(text):
+            return ConfigError(
+                f"checkpoint {path} is a pickle that needs {needs.group(1)} to load, which could run code, so "
+                "lifebench does not unpickle it; if you trust the file, convert it to safetensors (or re-save only "
+                "its tensors with torch.save(model.state_dict(), path)) and load that")
+        detail = _UNPICKLER_DETAIL.search(text)
+        return ConfigError(
+            f"cannot read checkpoint {path}: {detail.group(1).strip() if detail else 'weights_only load failed'} "
+            "(corrupt, or not a state dict); save it with torch.save(model.state_dict(), path)")
+    if type(err).__name__ == "SafetensorError":
+        return ConfigError(f"checkpoint {path} is not a readable safetensors file ({short_error(err)}): it is "
+                           "corrupt or truncated; download or save it again")
+    return ConfigError(f"cannot read checkpoint {path}: {short_error(err)}; save it with "
+                       "torch.save(model.state_dict(), path)")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint: a raw state dict or one under ``"state_dict"``/``"model"``; drops ``module.``."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        st = import_optional("safetensors.torch", package="safetensors", extra="hf",
-                             purpose=f"reading {path.name}")
-        obj: object = st.load_file(str(path), device="cpu")
-    else:
-        try:
+    try:
+        if path.suffix == ".safetensors":
+            st = import_optional("safetensors.torch", package="safetensors", extra="hf",
+                                 purpose=f"reading {path.name}")
+            obj: object = st.load_file(str(path), device="cpu")
+        else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ConfigError(f"cannot read checkpoint {path}: {short_error(err)}; save it with "
-                              "torch.save(model.state_dict(), path)") from err
+    except MissingDependencyError:
+        raise
+    except Exception as err:  # torch.load and safetensors raise many types for a file they cannot read
+        raise unreadable_checkpoint(path, err) from err
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
         raise ConfigError(f"checkpoint {path} holds no state dict of tensors; save it with "
                           "torch.save(model.state_dict(), path)")
     if all(k.startswith("module.") for k in obj):

@@ -22,7 +22,15 @@ from typing import Any
 
 import torch
 
-from lifebench.backbones import BackboneId, freeze, import_optional, infer_embed_dim
+from lifebench.backbones import (
+    BackboneId,
+    freeze,
+    import_optional,
+    infer_embed_dim,
+    is_weights_error,
+    short_error,
+    unreadable_checkpoint,
+)
 from lifebench.backbones.base import Backbone, Preprocess
 from lifebench.errors import ConfigError
 
@@ -153,8 +161,16 @@ def load(parsed: BackboneId, *, seed: int, id: str) -> HFBackbone:  # noqa: A002
     except OSError as err:
         if not kwargs:
             raise
-        raise ConfigError(f"cannot load a transformers model from {source}: {err}; the folder needs "
+        raise ConfigError(f"cannot load a transformers model from {source}: {short_error(err)}; the folder needs "
                           "config.json, weights and preprocessor_config.json (save_pretrained writes them)") from err
+    except Exception as err:
+        if is_weights_error(err):
+            raise unreadable_checkpoint(source, err) from err
+        if kwargs and isinstance(err, ValueError | EOFError | RuntimeError):  # a local folder's files (bad JSON...)
+            raise ConfigError(f"cannot load a transformers model from {source}: {short_error(err)}; the folder "
+                              "needs valid config.json, weights and preprocessor_config.json (save_pretrained "
+                              "writes them)") from err
+        raise
     model = model.float()
     if getattr(model.config, "model_type", "") == "siglip2":
         raise ConfigError(f"{source} is a NaFlex SigLIP2 model (variable resolution), which is not supported; "

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from lifebench.backbones import BackboneId, freeze, import_optional, infer_embed_dim, seeded, short_error
+from lifebench.backbones import (
+    BackboneId,
+    freeze,
+    import_optional,
+    infer_embed_dim,
+    is_weights_error,
+    seeded,
+    short_error,
+    unreadable_checkpoint,
+)
 from lifebench.backbones.base import Backbone, Preprocess
 from lifebench.errors import ConfigError, UnknownNameError
 
@@ -96,12 +106,34 @@ def _from_checkpoint(open_clip: Any, arch: str, path: str, pp: dict[str, Any]) -
         return open_clip.create_model_from_pretrained(
             arch, pretrained=path, return_transform=False, image_mean=pp.get("mean"), image_std=pp.get("std"),
             image_interpolation=pp.get("interpolation"), image_resize_mode=pp.get("resize_mode"))
-    except RuntimeError as err:  # a state dict of another architecture
-        raise ConfigError(f"checkpoint {path} does not fit open_clip architecture {arch!r}: {short_error(err)}; "
-                          "check the architecture name") from err
-    except Exception as err:  # not a checkpoint at all (unpickling, zip, end of file)
-        raise ConfigError(f"cannot read checkpoint {path}: {short_error(err)}; save it with "
-                          "torch.save(model.state_dict(), path)") from err
+    except Exception as err:
+        if isinstance(err, RuntimeError) and "state_dict" in str(err):  # a state dict of another architecture
+            raise ConfigError(f"checkpoint {path} does not fit open_clip architecture {arch!r}: {short_error(err)}; "
+                              "check the architecture name") from err
+        raise unreadable_checkpoint(path, err) from err  # not a checkpoint at all (unpickling, zip, end of file)
+
+
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pth")  # what open_clip looks for in a local-dir folder
+
+
+def _from_named(open_clip: Any, name: str) -> torch.nn.Module:
+    """An ``hf-hub:`` or ``local-dir:`` model. A folder without weights is refused: open_clip would only log a
+    warning and return random weights, which would be scored as if they were the model."""
+    folder = name.removeprefix("local-dir:")
+    local = name.startswith("local-dir:")
+    if local and not any(p for pattern in _WEIGHT_PATTERNS for p in Path(folder).glob(pattern)):
+        raise ConfigError(f"{folder} holds no weights file ({', '.join(_WEIGHT_PATTERNS)}); put the model's weights "
+                          "beside its open_clip_config.json")
+    try:
+        return open_clip.create_model_from_pretrained(name, return_transform=False)
+    except Exception as err:
+        if is_weights_error(err):
+            raise unreadable_checkpoint(folder, err) from err
+        if local and isinstance(err, ValueError | RuntimeError | KeyError | TypeError):
+            raise ConfigError(f"cannot load the open_clip model in {folder}: {short_error(err)}; the folder needs a "
+                              "valid open_clip_config.json (model_cfg, preprocess_cfg) and that model's weights"
+                              ) from err
+        raise
 
 
 def load(parsed: BackboneId, *, seed: int, id: str) -> OpenClipBackbone:  # noqa: A002
@@ -109,7 +141,7 @@ def load(parsed: BackboneId, *, seed: int, id: str) -> OpenClipBackbone:  # noqa
     open_clip = import_optional("open_clip", package="open_clip_torch", extra="openclip", purpose=f"backbone {id!r}")
     name, weights = parsed.name, parsed.weights
     if name.startswith(("hf-hub:", "local-dir:")):
-        model = open_clip.create_model_from_pretrained(name, return_transform=False)
+        model = _from_named(open_clip, name)
     else:
         if name not in open_clip.list_models():
             raise UnknownNameError("open_clip architecture", name, open_clip.list_models(),

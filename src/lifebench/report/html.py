@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lifebench.errors import ConfigError, LifebenchError
+from lifebench.fsutil import atomic_write
 from lifebench.report.leaderboard import Leaderboard, _newest_per_model, build_leaderboard
 from lifebench.store.sqlite import Experiment, Store, reads_store
 
@@ -313,6 +314,5 @@ def write_results_page(
         raise ConfigError(f"cannot create results page folder {out} ({exc.strerror}); pass a writable folder") from exc
     if board is None or board.per_class is None:
         board = build_leaderboard(store, per_class=True, **build)
-    page = out / "index.html"
-    page.write_text(render_results_page(store, board, out, max_wrong=max_wrong), encoding="utf-8")
-    return page
+    text = render_results_page(store, board, out, max_wrong=max_wrong)
+    return atomic_write(out / "index.html", lambda f: f.write(text.encode("utf-8")))

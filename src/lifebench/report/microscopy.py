@@ -22,17 +22,20 @@ per pair by taxonomy group and question type.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from lifebench.errors import ConfigError
+from lifebench.fsutil import atomic_write
 from lifebench.metrics import estimate, resample_indices, task_seed
 from lifebench.store import Store
 from lifebench.tasks.microscopy.ubench import TASKS, TAXONOMY_GROUPS, dataset_name, read_rows
@@ -152,20 +155,24 @@ class MicroscopyReport:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"md": out / "microscopy.md", "csv": out / "microscopy-scores.csv", "json": out / "microscopy.json"}
-        paths["md"].write_text(self.to_markdown(), encoding="utf-8")
-        with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=[k for k in Score.__dataclass_fields__])
+        def text(value: str) -> Callable[[IO[bytes]], object]:
+            return lambda f: f.write(value.encode("utf-8"))
+
+        def table(rows: list[dict], fields: Sequence[str]) -> str:
+            buf = io.StringIO(newline="")
+            w = csv.DictWriter(buf, fieldnames=list(fields))
             w.writeheader()
-            w.writerows(asdict(s) for s in self.scores)
+            w.writerows(rows)
+            return buf.getvalue()
+
+        atomic_write(paths["md"], text(self.to_markdown()))  # each file whole, or not replaced
+        atomic_write(paths["csv"], text(table([asdict(s) for s in self.scores], Score.__dataclass_fields__)))
         if self.diffs:
             paths["diff_csv"] = out / "microscopy-specialist-minus-generalist.csv"
-            with open(paths["diff_csv"], "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=[k for k in Diff.__dataclass_fields__])
-                w.writeheader()
-                w.writerows(asdict(d) for d in self.diffs)
-        paths["json"].write_text(json.dumps({"meta": self.meta, "scores": [asdict(s) for s in self.scores],
-                                             "diffs": [asdict(d) for d in self.diffs]}, indent=1, ensure_ascii=False)
-                                 + "\n", encoding="utf-8")
+            atomic_write(paths["diff_csv"], text(table([asdict(d) for d in self.diffs], Diff.__dataclass_fields__)))
+        atomic_write(paths["json"], text(json.dumps({"meta": self.meta, "scores": [asdict(s) for s in self.scores],
+                                                     "diffs": [asdict(d) for d in self.diffs]}, indent=1,
+                                                    ensure_ascii=False) + "\n"))
         if plots:
             paths.update(self.plot(out))
         return paths
@@ -201,7 +208,7 @@ class MicroscopyReport:
         axes[0].legend(fontsize=6, loc="lower right")
         fig.tight_layout()
         written["png"] = out / "microscopy-accuracy.png"
-        fig.savefig(written["png"], dpi=120)
+        atomic_write(written["png"], lambda f: fig.savefig(f, format="png", dpi=120))
         plt.close(fig)
         pairs = list(dict.fromkeys((d.specialist, d.generalist) for d in self.diffs))
         for s_model, g_model in pairs:
@@ -221,7 +228,7 @@ class MicroscopyReport:
             fig.suptitle(f"{s_model}  minus  {g_model}", fontsize=9)
             fig.tight_layout()
             path = out / f"specialist-minus-generalist-{_safe(s_model)}-vs-{_safe(g_model)}.png"
-            fig.savefig(path, dpi=120)
+            atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120))
             plt.close(fig)
             written[f"diff:{s_model}:{g_model}"] = path
         return written

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lifebench.fsutil import atomic_write
 from lifebench.metrics import ResampleCounts
 
 if TYPE_CHECKING:
@@ -283,20 +285,22 @@ class PerClass:
         """Write ``per_class.csv``, ``per_class.json`` and ``confusion/<task>__<backbone>__<protocol>.csv``."""
         out = Path(out_dir)
         fields = [f.name for f in dataclasses.fields(ClassScore)]
-        csv_path = out / "per_class.csv"
-        with csv_path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            for s in self.scores:
-                writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(s).items()})
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        for s in self.scores:
+            writer.writerow({k: ("" if v is None else v) for k, v in dataclasses.asdict(s).items()})
+        csv_path = atomic_write(out / "per_class.csv", lambda fh: fh.write(buf.getvalue().encode("utf-8")))
         folder = out / "confusion"
         folder.mkdir(exist_ok=True)
         names = self._confusion_names()
         for i, c in enumerate(self.confusions):
-            with (folder / names[i]).open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["true \\ predicted", *c.labels])
-                writer.writerows([label, *row] for label, row in zip(c.labels, c.counts.tolist(), strict=True))
+            buf = io.StringIO(newline="")
+            writer = csv.writer(buf)
+            writer.writerow(["true \\ predicted", *c.labels])
+            writer.writerows([label, *row] for label, row in zip(c.labels, c.counts.tolist(), strict=True))
+            data = buf.getvalue().encode("utf-8")
+            atomic_write(folder / names[i], lambda fh, data=data: fh.write(data))
         columns: dict[tuple[str, str], dict[str, Any]] = {}
         for i, c in enumerate(self.confusions):
             col = columns.setdefault((c.task, c.metric), {"task": c.task, "metric": c.metric,
@@ -312,7 +316,6 @@ class PerClass:
             entry = columns[(s.task, s.metric)]["models"][(s.backbone, s.protocol)]
             entry["classes"].append({k: _finite(getattr(s, k)) for k in keep})
         tasks = [dict(col, models=list(col["models"].values())) for _, col in sorted(columns.items())]
-        json_path = out / "per_class.json"
-        json_path.write_text(json.dumps({"meta": self.meta, "tasks": tasks}, ensure_ascii=False) + "\n",
-                             encoding="utf-8")
+        doc = json.dumps({"meta": self.meta, "tasks": tasks}, ensure_ascii=False) + "\n"
+        json_path = atomic_write(out / "per_class.json", lambda fh: fh.write(doc.encode("utf-8")))
         return {"per_class_csv": csv_path, "per_class_json": json_path, "confusion": folder}

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lifebench.errors import ConfigError, DataError, MissingDependencyError, UnknownNameError
+from lifebench.fsutil import atomic_write
 from lifebench.metrics import Estimate, get_metric, resample_indices, task_seed
 from lifebench.metrics.taxonomy import Taxonomy, taxonomy_scores, tree_correlation_ci
 from lifebench.report.leaderboard import _load_aligned, _newest_per_model
@@ -119,22 +120,19 @@ class TaxonomyReport:
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`records` as CSV (empty cells for missing numbers)."""
-        path = Path(path)
         records = self.records()
         names = ["task", "backbone", "protocol", "statistic", "point", "low", "high", "n", "n_test"]
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=names)
-            writer.writeheader()
-            for rec in records:
-                writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
-        return path
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=names)
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+        return atomic_write(path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write ``{"meta": ..., "records": [...]}``."""
-        path = Path(path)
-        path.write_text(json.dumps({"meta": self.meta, "records": self.records()}, indent=2, ensure_ascii=False)
-                        + "\n", encoding="utf-8")
-        return path
+        doc = json.dumps({"meta": self.meta, "records": self.records()}, indent=2, ensure_ascii=False) + "\n"
+        return atomic_write(path, lambda fh: fh.write(doc.encode("utf-8")))
 
     def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``taxonomy-<task>.txt``, ``.csv`` and ``.json`` into ``out_dir``."""
@@ -145,8 +143,8 @@ class TaxonomyReport:
             raise ConfigError(f"cannot create report folder {out} ({exc.strerror}); pass a writable --out folder"
                               ) from exc
         stem = out / f"taxonomy-{safe_name(self.task)}"
-        txt = stem.with_suffix(".txt")
-        txt.write_text(self.to_text(), encoding="utf-8")
+        text = self.to_text()
+        txt = atomic_write(stem.with_suffix(".txt"), lambda fh: fh.write(text.encode("utf-8")))
         return {"txt": txt, "csv": self.to_csv(stem.with_suffix(".csv")),
                 "json": self.to_json(stem.with_suffix(".json"))}
 
@@ -338,5 +336,4 @@ def plot_embedding(
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    out.write_bytes(buf.getvalue())
-    return out
+    return atomic_write(out, lambda fh: fh.write(buf.getvalue()))

@@ -28,7 +28,7 @@ RESULT_FORMAT = 2
 
 SETTING_DEFAULTS: dict[str, Any] = {"decode": "lifebench", "answer_scoring": "strict"}
 _DECODE_NAMES = {"auto": "lifebench", "pil": "full"}
-"""Data-path names of the user-facing decodings (:data:`lifebench.datapath.DECODINGS`): one name, one hash."""
+"""Data-path names of the user-facing decodings (:data:`lifebench.features.datapath.DECODINGS`): one name, one hash."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Job:
     task_name: str = ""
     settings: tuple[tuple[str, Any], ...] = ()
     """Run settings that change predictions without being protocol parameters: ``decode`` (how images become
-    pixels, :data:`lifebench.datapath.DECODINGS`) and ``answer_scoring`` (how a generative reply is scored)."""
+    pixels, :data:`lifebench.features.datapath.DECODINGS`) and ``answer_scoring`` (how a generative reply is scored)."""
 
     def setting(self, name: str) -> Any:
         """A run setting of this job (:attr:`settings`), or its default: ``decode`` "lifebench", ``answer_scoring``

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import secrets
-import socket
+import signal
 import sqlite3
 import threading
 import time
@@ -38,7 +36,7 @@ from lifebench.protocols.zeroshot import zero_shot_choices
 from lifebench.runner.plan import Job
 from lifebench.store import Experiment, Predictions, Store
 from lifebench.store.provenance import collect as collect_provenance
-from lifebench.store.sqlite import LEASE_S
+from lifebench.store.sqlite import LEASE_S, StoreFullError, worker_owner
 from lifebench.tasks.base import UNKNOWN, Task
 from lifebench.tasks.taxonomy import class_texts, default_templates, load_templates
 from lifebench.vlm.run import answer_questions
@@ -113,18 +111,53 @@ def run_jobs(jobs: list[Job], store: Store, options: RunOptions) -> list[JobResu
     Each job is claimed in the store just before it runs, so several workers given the same jobs (local
     processes, Slurm array tasks) share them out; a backbone is loaded only once one of its jobs is claimed.
     With ``options.keep_going`` a job that raises is recorded as failed (with its error) and the others go on.
+
+    SIGTERM (a cluster's preemption or time limit) and SIGINT raise KeyboardInterrupt while the jobs run, so this
+    process's claims are released on the way out and a rerun anywhere takes the jobs over at once; a kill -9
+    leaves them to be taken over by the next worker on this host (or, elsewhere, after the lease).
     """
     results: list[JobResult] = []
-    owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    owner = worker_owner()
     device = resolve_device(options.device)
     provenance = collect_provenance(device=_device_name(device))
     by_backbone: dict[str, list[Job]] = {}
     for job in jobs:
         by_backbone.setdefault(job.backbone, []).append(job)
-    with _Heartbeat(store.path, owner):
-        for backbone_id, group in by_backbone.items():
-            _run_group(backbone_id, group, store, options, device, provenance, results, owner)
+    with _interruptible(), _Heartbeat(store.path, owner):
+        try:
+            for backbone_id, group in by_backbone.items():
+                _run_group(backbone_id, group, store, options, device, provenance, results, owner)
+        finally:  # a signal between taking a claim and the job's own cleanup leaves none behind either
+            store.release(None, owner)
     return results
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """While the jobs run, SIGTERM and SIGINT raise KeyboardInterrupt (once: a second signal does not cut the
+    cleanup short); the previous handlers come back afterwards. A handler the caller set (or SIG_IGN, as for a
+    background job) is kept; in a thread other than the main one nothing changes (Python allows handlers only
+    there). SIGXFSZ needs nothing: Python ignores it, so a file-size limit (ulimit -f) is a write error."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+            previous[sig] = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Heartbeat:
@@ -193,7 +226,7 @@ def _run_group(backbone_id: str, group: list[Job], store: Store, options: RunOpt
             run = _JobRun(job, emb, backbone, options, device, timings)
             results.append(_run_one(run, strategy, store, first_use, provenance))
         except Exception as err:
-            if not options.keep_going:
+            if not options.keep_going or isinstance(err, StoreFullError):  # a full disk fails every job after it
                 raise
             log.error("failed: %s: %s", job.label(), err)
             store.record_failure(job.config_hash, job.label(), owner, f"{type(err).__name__}: {err}")

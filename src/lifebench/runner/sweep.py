@@ -19,42 +19,28 @@ heartbeat and another worker (or a rerun) takes the job over.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lifebench.errors import ConfigError
+from lifebench.fsutil import read_text
 
-__all__ = ["KEY_ALIASES", "SWEEP_KEYS", "SweepSpec", "load", "read_run_config", "run_local", "run_option_groups",
-           "status_text", "submit_slurm", "wait_slurm"]
+__all__ = ["KEY_ALIASES", "SCHEMA", "SWEEP_KEYS", "SweepSpec", "load", "read_run_config", "run_local",
+           "run_option_groups", "status_text", "submit_slurm", "validate", "wait_slurm"]
 
 log = logging.getLogger(__name__)
-
-# sweep (and ``run --config``) key -> (run option, kind); "list" repeats the option, "flag" is a boolean switch
-SWEEP_KEYS: dict[str, tuple[str, str]] = {
-    "models": ("--model", "list"), "tasks": ("--task", "list"), "suites": ("--suite", "list"),
-    "protocols": ("--protocol", "list"), "seeds": ("--seed", "list"), "n_train": ("--n-train", "list"),
-    "shots": ("--shots", "csv"), "params": ("--param", "table"), "text_type": ("--text-type", "value"),
-    "templates": ("--templates", "path"), "data_root": ("--data-root", "path"), "store": ("--store", "path"),
-    "cache_dir": ("--cache-dir", "path"), "device": ("--device", "value"), "batch_size": ("--batch-size", "value"),
-    "workers": ("--workers", "value"), "test_size": ("--test-size", "value"), "folds": ("--folds", "value"),
-    "split_seed": ("--split-seed", "value"), "resamples": ("--resamples", "value"),
-    "bootstrap_seed": ("--bootstrap-seed", "value"), "endpoint": ("--endpoint", "value"),
-    "skip_bad_images": ("--skip-bad-images", "flag"), "force": ("--force", "flag"),
-    "decode": ("--decode", "value"), "answer_scoring": ("--answer-scoring", "value"),
-}
-# older spellings of keys, still read: alias -> key
-KEY_ALIASES = {"loader_workers": "workers"}
-EXECUTOR_KEYS = ("kind", "processes", "slurm")
-SLURM_KEYS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min", "array_parallelism", "folder",
-              "account", "qos", "constraint", "additional_parameters")
 
 
 @dataclass
@@ -64,19 +50,224 @@ class SweepSpec:
     executor: dict[str, Any] = field(default_factory=dict)
 
 
-def _unknown(where: str, key: str, valid: Any) -> ConfigError:
-    close = difflib.get_close_matches(key, list(valid), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"{where}: unknown key {key!r}{hint} (valid keys: {', '.join(sorted(valid))})")
+# ------------------------------------------------------------------------------------------------ the schema
+# Sweep files and ``run --config`` files are checked against one typed schema before anything runs, so that a
+# value of the wrong type (``processes = [2]``, ``store = ["r.sqlite"]``) stops with one line naming the file, the
+# key and the type expected, instead of a traceback or, worse, a store file named "['r.sqlite']". The schema checks
+# types and simple lower bounds; the ranges and choices of ``lifebench run`` options are checked once more where the
+# command line's are (argparse), so a key and its option can never disagree.
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A single value: ``expect`` says what it must be in a message ("an integer ≥ 1"); ``fix``, when given,
+    is a message of its own (``{key}`` and ``{value}`` filled in) for types that read better as an example."""
+
+    expect: str
+    ok: Callable[[Any], bool]
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class OneOrList:
+    """One value or a list of them (``models = "bioclip"`` is ``models = ["bioclip"]``)."""
+
+    item: Leaf
+    expect: str
+
+
+@dataclass(frozen=True)
+class TableOf:
+    """A table whose keys are free (protocol parameters, Slurm options) and whose values are ``value``."""
+
+    value: Leaf
+    expect: str
+
+
+Spec = Leaf | OneOrList | TableOf | dict[str, Any]
+"""A key's type: a value, one value or a list, a table of free keys, or a table with its own schema."""
+
+
+def _int(low: int) -> Leaf:
+    return Leaf(f"an integer ≥ {low}", lambda v: type(v) is int and v >= low)
+
+
+def _one_of(*choices: str) -> Leaf:
+    return Leaf(f"one of {', '.join(choices)}", lambda v: v in choices,
+                fix="{key} = {value}; use " + ", ".join(choices[:-1]) + f" or {choices[-1]}")
+
+
+INT = Leaf("an integer", lambda v: type(v) is int)
+TEXT = Leaf("a non-empty string", lambda v: isinstance(v, str) and v != "")
+PATH = Leaf("a path (a non-empty string)", TEXT.ok)
+NUMBER = Leaf("a number", lambda v: type(v) in (int, float))
+BOOL = Leaf("true or false", lambda v: isinstance(v, bool), fix="{key} = {value}; write {key} = true or {key} = false")
+SCALAR = Leaf("a string, number or boolean", lambda v: isinstance(v, str | int | float))
+PARAM = Leaf("a string, number, boolean or a list of them",
+             lambda v: SCALAR.ok(v) or (isinstance(v, list) and all(SCALAR.ok(x) for x in v)))
+TEXTS = OneOrList(TEXT, "a string or a list of strings")
+
+# sweep (and ``run --config``) key -> (run option, how it becomes arguments, type). "list" repeats the option,
+# "csv" joins the values with commas, "table" gives KEY=VALUE per entry, "flag" is a switch, "path" is relative
+# to the file's folder, "value" is passed as it is.
+SWEEP_KEYS: dict[str, tuple[str, str, Spec]] = {
+    "models": ("--model", "list", TEXTS), "tasks": ("--task", "list", TEXTS), "suites": ("--suite", "list", TEXTS),
+    "protocols": ("--protocol", "list", TEXTS),
+    "seeds": ("--seed", "list", OneOrList(_int(0), "an integer ≥ 0 or a list of them")),
+    "n_train": ("--n-train", "list", OneOrList(_int(1), "an integer ≥ 1 or a list of them")),
+    "shots": ("--shots", "csv", OneOrList(_int(1), "an integer ≥ 1 or a list of them")),
+    "params": ("--param", "table", TableOf(PARAM, "a table of protocol parameters, e.g. params = { C = 1.0 }")),
+    "text_type": ("--text-type", "value", TEXT), "templates": ("--templates", "path", PATH),
+    "data_root": ("--data-root", "path", PATH), "store": ("--store", "path", PATH),
+    "cache_dir": ("--cache-dir", "path", PATH), "device": ("--device", "value", TEXT),
+    "batch_size": ("--batch-size", "value", _int(1)), "workers": ("--workers", "value", _int(0)),
+    "test_size": ("--test-size", "value", NUMBER), "folds": ("--folds", "value", _int(2)),
+    "split_seed": ("--split-seed", "value", _int(0)), "resamples": ("--resamples", "value", INT),
+    "bootstrap_seed": ("--bootstrap-seed", "value", _int(0)), "endpoint": ("--endpoint", "value", TEXT),
+    "skip_bad_images": ("--skip-bad-images", "flag", BOOL), "force": ("--force", "flag", BOOL),
+    "decode": ("--decode", "value", TEXT), "answer_scoring": ("--answer-scoring", "value", TEXT),
+}
+# older spellings of keys, still read: alias -> key
+KEY_ALIASES = {"loader_workers": "workers"}
+SLURM_SCHEMA: dict[str, Spec] = {
+    "partition": TEXT, "gpus_per_node": _int(0), "cpus_per_task": _int(1), "mem_gb": _int(1),
+    "timeout_min": _int(1), "array_parallelism": _int(1), "folder": PATH, "account": TEXT, "qos": TEXT,
+    "constraint": TEXT,
+    "additional_parameters": TableOf(SCALAR, "a table of sbatch options, e.g. { nodelist = \"node7\" }"),
+}
+EXECUTOR_SCHEMA: dict[str, Spec] = {
+    "kind": _one_of("inprocess", "local", "slurm"),
+    "processes": Leaf('an integer ≥ 1 or "gpus"', lambda v: (type(v) is int and v >= 1) or v == "gpus"
+                      or (isinstance(v, str) and v.isascii() and v.isdigit() and int(v) >= 1)),
+    "slurm": SLURM_SCHEMA,
+}
+SCHEMA: dict[str, Spec] = {**{k: t for k, (_, _, t) in SWEEP_KEYS.items()}, "executor": EXECUTOR_SCHEMA}
+"""Every key a sweep or ``run --config`` file may hold, with its type; tables nest (``[executor.slurm]``)."""
+
+
+def _kind(value: Any) -> str:
+    """What a TOML value is, in a message's words."""
+    for t, name in ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+                    (list, "a list"), (dict, "a table"), (dt.datetime, "a date-time"), (dt.date, "a date"),
+                    (dt.time, "a time")):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    """A value as the message shows it: one line, at most about 60 characters."""
+    text = value.isoformat() if isinstance(value, dt.date | dt.time) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _dotted(parent: str, key: str) -> str:
+    """The TOML path of ``key`` in the table at ``parent`` (a key that is not bare is quoted, as TOML writes it)."""
+    key = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)  # escaped: the message stays one line
+    return f"{parent}.{key}" if parent else key
+
+
+def _places(schema: dict[str, Spec], at: str = "") -> dict[str, list[str]]:
+    """key name -> the tables it belongs in ("" is the top level), to say where a key put in the wrong table goes."""
+    out: dict[str, list[str]] = {}
+    for key, spec in schema.items():
+        out.setdefault(key, []).append(at)
+        if isinstance(spec, dict):
+            for k, tables in _places(spec, _dotted(at, key)).items():
+                out.setdefault(k, []).extend(tables)
+    return out
+
+
+_PLACES = _places(SCHEMA)
+
+
+def _unknown(where: str, table: str, key: str, valid: Any) -> ConfigError:
+    path = _dotted(table, key)
+    elsewhere = [t for t in _PLACES.get(key, []) if t != table]
+    if elsewhere:  # a key of another table: most often a [table] header above it that TOML applies to every line
+        place = "at the top level, above the first [table] header" if elsewhere[0] == "" else f"in [{elsewhere[0]}]"
+        return ConfigError(f"{where}: unknown key {path!r}; {key} belongs {place}")
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean {_dotted(table, close[0])!r}?" if close else ""
+    inside = f" in [{table}]" if table else ""
+    return ConfigError(f"{where}: unknown key {path!r}{hint} (valid keys{inside}: {', '.join(sorted(valid))})")
+
+
+def _check(value: Any, spec: Spec, key: str, where: str) -> None:
+    """Raise a one-line ConfigError naming ``where``, the key path and the type expected when ``value`` does not
+    fit ``spec``."""
+    def bad(expect: str) -> ConfigError:
+        return ConfigError(f"{where}: {key or 'the file'} must be {expect}, got {_show(value)} ({_kind(value)})")
+
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise bad(f"a table ([{key}] with keys {', '.join(spec)})")
+        for k, v in value.items():
+            if k not in spec:
+                raise _unknown(where, key, k, spec)
+            _check(v, spec[k], _dotted(key, k), where)
+    elif isinstance(spec, TableOf):
+        if not isinstance(value, dict):
+            raise bad(spec.expect)
+        for k, v in value.items():
+            if not k or "=" in k or "\x00" in k:
+                raise ConfigError(f"{where}: {_dotted(key, k)}: a name must be non-empty, without '=' or NUL")
+            _check(v, spec.value, _dotted(key, k), where)
+    elif isinstance(spec, OneOrList):
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                _check(v, spec.item, f"{key}[{i}]", where)
+        elif not spec.item.ok(value):
+            raise bad(spec.expect)
+        else:
+            _check(value, spec.item, key, where)
+    elif not spec.ok(value):
+        if spec.fix:
+            raise ConfigError(f"{where}: " + spec.fix.format(key=key, value=_show(value)))
+        raise bad(spec.expect)
+    elif any(isinstance(v, str) and "\x00" in v for v in (value if isinstance(value, list) else [value])):
+        raise ConfigError(f"{where}: {key} holds a NUL character (\\u0000), which no name or path can; remove it")
+
+
+def validate(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data`` (a parsed sweep or config file) checked against :data:`SCHEMA`, with older key names replaced;
+    ``where`` ("sweep file PATH") starts every message."""
+    data = dict(data)
+    for alias, key in KEY_ALIASES.items():
+        if alias in data and key in data:
+            raise ConfigError(f"{where}: {alias} and {key} are the same setting; keep {key}")
+    data = {KEY_ALIASES.get(k, k): v for k, v in data.items()}
+    _check(data, SCHEMA, "", where)
+    return data
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:
+    """A sweep or config file as validated TOML data; every way it can be unreadable is one ConfigError."""
+    where = f"{what} {path}"
+    text = read_text(path, what=what, fix="save it as UTF-8")  # a byte-order mark is not an error
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None
+        last = f"at the end of the file, line {text.rstrip(chr(10)).count(chr(10)) + 1}"
+        raise ConfigError(f"{where} is not valid TOML: {' '.join(str(e).split()).replace('at end of document', last)}"
+                          ) from None
+    except RecursionError:
+        raise ConfigError(f"{where} is not valid TOML: arrays or tables nested too deeply") from None
+    return validate(data, where)
+
+
+def _file_path(base: Path, value: str, key: str, where: str) -> Path:
+    try:
+        return base / Path(value).expanduser()
+    except RuntimeError:  # ~user of a user that does not exist here
+        raise ConfigError(f"{where}: {key} = {_show(value)}: cannot expand the ~ of this path") from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long or not a path at all: not a file
+        return False
 
 
 def run_option_groups(data: dict[str, Any], path: Path, what: str = "sweep file") -> list[tuple[str, list[str]]]:
@@ -85,73 +276,49 @@ def run_option_groups(data: dict[str, Any], path: Path, what: str = "sweep file"
     One table and one validation for both files, so a key means the same in a sweep and in ``run --config``."""
     base = path.resolve().parent
     where = f"{what} {path}"
-    for alias, key in KEY_ALIASES.items():
-        if alias in data and key in data:
-            raise ConfigError(f"{where}: {alias} and {key} are the same setting; keep {key}")
+    data = validate(data, where)
+    data.pop("executor", None)
     groups: list[tuple[str, list[str]]] = []
     for key, value in data.items():
-        key = KEY_ALIASES.get(key, key)
-        if key not in SWEEP_KEYS:
-            raise _unknown(where, key, SWEEP_KEYS)
-        option, kind = SWEEP_KEYS[key]
+        option, kind, _ = SWEEP_KEYS[key]
+        values = value if isinstance(value, list) else [value]
         argv: list[str] = []
         if kind == "list":
-            values = value if isinstance(value, list) else [value]
             if key == "tasks":  # a task folder or manifest is relative to the file, a task name is not
-                values = [str(base / v) if (base / str(v)).exists() else v for v in values]
+                values = [str(base / v) if _exists(base / v) else v for v in values]
             for v in values:
                 argv += [option, str(v)]
         elif kind == "csv":
-            argv += [option, ",".join(str(v) for v in (value if isinstance(value, list) else [value]))]
-        elif kind == "table":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {key} must be a table, e.g. {key} = {{ C = 1.0 }}")
+            argv += [option, ",".join(str(v) for v in values)]
+        elif kind == "table":  # --param parses its value as JSON, else keeps the text
             for k, v in value.items():
-                argv += [option, f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
+                argv += [option, f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
         elif kind == "flag":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: {key} = {value!r}; write {key} = true or {key} = false")
             if value:
                 argv.append(option)
         elif kind == "path":
-            argv += [option, str(base / Path(str(value)).expanduser())]
+            argv += [option, str(_file_path(base, value, key, where))]
         else:
             argv += [option, str(value)]
         groups.append((option, argv))
     return groups
 
 
-def _check_executor(executor: dict[str, Any], where: str) -> str:
-    """Validate an ``[executor]`` table; returns its kind."""
-    for key in executor:
-        if key not in EXECUTOR_KEYS:
-            raise _unknown(f"{where}, [executor]", key, EXECUTOR_KEYS)
-    for key in executor.get("slurm", {}):
-        if key not in SLURM_KEYS:
-            raise _unknown(f"{where}, [executor.slurm]", key, SLURM_KEYS)
-    kind = executor.get("kind", "inprocess")
-    if kind not in ("inprocess", "local", "slurm"):
-        raise ConfigError(f"{where}: [executor] kind = {kind!r}; use inprocess, local or slurm")
-    return kind
-
-
 def read_run_config(path: str | os.PathLike[str]) -> list[tuple[str, list[str]]]:
     """``lifebench run --config FILE``: the file's run keys as ``(option, argv)`` groups. A sweep file is a valid
     config file: its ``[executor]`` table is checked and otherwise left to ``lifebench sweep`` (run runs here)."""
     path = Path(path)
-    data = _read(path, "config file")
-    _check_executor(data.pop("executor", {}), f"config file {path}")
-    return run_option_groups(data, path, "config file")
+    return run_option_groups(_read(path, "config file"), path, "config file")
 
 
 def load(path: str | os.PathLike[str]) -> SweepSpec:
     """Read a sweep file into ``lifebench run`` arguments and the executor settings; paths in it are relative
-    to the file's folder."""
+    to the file's folder. Everything is checked before anything runs or is written."""
     path = Path(path)
     data = _read(path, "sweep file")
     executor = data.pop("executor", {})
     argv = [x for _, group in run_option_groups(data, path) for x in group]
-    kind = _check_executor(executor, f"sweep file {path}")
+    kind = executor.get("kind", "inprocess")
     if data.get("force") is True and kind != "inprocess":
         raise ConfigError(f"sweep file {path}: force = true with {kind} workers would have every worker redo every "
                           "experiment; recompute with --executor inprocess, or move the store away")

@@ -17,17 +17,28 @@ Why this design
   only as a whole, inside the experiment's transaction.
 * **One connection per process.** A :class:`Store` that finds itself in a forked child opens a fresh
   connection there; SQLite connections must not be shared across ``fork``.
+* **Claims name their process.** A claim's owner is ``host:pid:start:token`` (:func:`worker_owner`), so a claim
+  left by a process of this host that is gone (killed -9, out of memory) is taken over at once, without waiting
+  for its lease; a claim of another host can only expire. The owner column stays TEXT, so stores written by
+  older versions, and older versions sharing a store, keep working.
+* **A full disk is one line.** "database or disk is full" or a file-size limit during :meth:`Store.write`
+  rolls the experiment's transaction back (what was stored before is untouched) and raises
+  :class:`StoreFullError` with the space the write needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import io
 import json
 import logging
 import os
 import random
+import secrets
+import shutil
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -38,10 +49,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lifebench.errors import ConfigError
+from lifebench.errors import ConfigError, LifebenchError
 from lifebench.fsutil import nearest_existing
 
-__all__ = ["SCHEMA_VERSION", "Experiment", "Predictions", "Store", "check_store_path", "reads_store"]
+__all__ = ["SCHEMA_VERSION", "Experiment", "Predictions", "Store", "StoreFullError", "check_store_path",
+           "reads_store", "worker_owner"]
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -52,6 +64,8 @@ SCHEMA_VERSION = 3
 3: label columns (true, predicted and ranked classes, parts, groups) stored as integer codes into their sorted
 distinct values, several times smaller than fixed-width strings; version 2 blobs are read as they are."""
 BUSY_TIMEOUT_S = 30.0
+
+
 def _lease_s() -> float:
     try:
         return max(1.0, float(os.environ.get("LIFEBENCH_LEASE_S", 600)))
@@ -62,7 +76,119 @@ def _lease_s() -> float:
 
 LEASE_S = _lease_s()
 """A worker renews its claims every LEASE_S / 10 seconds; a claim not renewed for LEASE_S (default 10 minutes,
-``$LIFEBENCH_LEASE_S`` to change) has expired and another worker takes the job over."""
+``$LIFEBENCH_LEASE_S`` to change) has expired and another worker takes the job over. The lease is what protects
+claims of other hosts; a claim of this host whose process is gone ends at once (:func:`worker_owner`)."""
+
+
+class StoreFullError(LifebenchError):
+    """The disk (or a file-size limit) left no room to write to the results store; nothing was half-written."""
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """``(state, start time)`` of a process from ``/proc/<pid>/stat`` (state ``Z``: a zombie, already dead; start
+    time in clock ticks after boot, which tells a process from a later one given the same pid), or None where
+    there is no /proc (macOS) or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # the name (field 2) is in parentheses and may hold anything
+    if len(fields) < 20:
+        return None
+    return fields[0].decode(), fields[19].decode()
+
+
+@functools.cache
+def _pid_space() -> str:
+    """This kernel boot and pid namespace, e.g. ``3f2a9c1e-4026531836``: pids name the same processes only for
+    processes that share both (a container with its host's name may have its own pids), "" where unknown."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return ""
+    return f"{boot}-{ns}"
+
+
+def worker_owner() -> str:
+    """A claim owner naming this process: ``host:pid:start:token``.
+
+    Why: the owner lets another process on this host see that the claim's worker is gone (killed -9, out of
+    memory) and take its jobs over at once, instead of waiting out the lease. ``start`` (its start time and the pid
+    space it runs in, see :func:`_proc_stat` and :func:`_pid_space`) keeps a later process that got the same pid
+    from passing for it; the random token tells apart two runs in one process.
+    """
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    start = f"{stat[1] if stat else ''}.{_pid_space()}"
+    return f"{socket.gethostname()}:{pid}:{start}:{secrets.token_hex(3)}"
+
+
+def _owner_gone(owner: str) -> bool:
+    """Whether ``owner`` (see :func:`worker_owner`) is a process of this host that has ended.
+
+    False for another host's worker, an owner of unknown form, or a process that may still run: only its lease
+    ends those claims. An owner of the older form ``host:pid:token`` is judged by its pid alone.
+    """
+    parts = owner.split(":")
+    if len(parts) not in (3, 4) or not parts[1].isdigit() or parts[0] != socket.gethostname():
+        return False
+    pid, start, space = int(parts[1]), "", ""
+    if len(parts) == 4:
+        start, _, space = parts[2].partition(".")
+        if space != _pid_space():  # another container or boot of this host name: its pids are not ours
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a process of another user has this pid: judged by its start time below
+        pass
+    except OSError:
+        return False
+    stat = _proc_stat(pid)
+    return stat is not None and (stat[0] in ("Z", "X") or bool(start) and stat[1] != start)  # ended, or a later process
+
+
+def _is_full(exc: BaseException) -> bool:
+    """Whether an error from SQLite or the OS means that the disk, or a file-size limit, left no room to write."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR") or any(
+        m in str(exc) for m in ("database or disk is full", "disk I/O error"))
+
+
+def _full_error(path: Path, what: str, nbytes: int, exc: BaseException) -> StoreFullError:
+    """The one-line error of a write that found no room: the space it needs (the write-ahead log and then the
+    database each hold the new pages, plus a margin for indexes and page slack) and what is free now."""
+    folder = path.resolve().parent
+    try:
+        free = f" ({_size(shutil.disk_usage(folder).free)} free now)"
+    except OSError:
+        free = ""
+    limit = ""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if soft != resource.RLIM_INFINITY:
+            limit = f" and a file-size limit (ulimit -f, now {_size(soft)}) above the store's size"
+    except (ImportError, OSError, ValueError):
+        pass
+    return StoreFullError(
+        f"results store {path}: could not write {what} ({exc}); it was rolled back and every result stored before "
+        f"is kept. Writing it needs about {_size(2 * nbytes + (1 << 20))} free in {folder}{free}{limit}: free some "
+        "space or pass another --store, then rerun (stored experiments are skipped)")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
 
 # JSON columns are declared TEXT: a declared type "JSON" would get NUMERIC affinity and turn "5" into 5.
 _SCHEMA = (
@@ -486,7 +612,8 @@ class Store:
 
         If ``exp.config_hash`` is already stored, nothing is written and the stored id is returned, unless
         ``replace`` is True: then the old experiment and its predictions are deleted and the new one
-        inserted, in the same transaction. Any error leaves the store as it was.
+        inserted, in the same transaction. Any error leaves the store as it was; no room on the disk (or a file-size
+        limit) is a :class:`StoreFullError` that says how much space the write needs.
         """
         created_at = time.time() if exp.created_at is None else float(exp.created_at)
         values = {
@@ -497,6 +624,7 @@ class Store:
             "fit_info": _dumps(exp.fit_info), "provenance": _dumps(exp.provenance),
             "timings": _dumps(exp.timings), "created_at": created_at,
         }  # fmt: skip
+        blob = preds.to_bytes()
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -521,13 +649,16 @@ class Store:
             exp_id = cur.lastrowid
             assert exp_id is not None
             conn.execute("INSERT INTO predictions (experiment_id, n, data) VALUES (?, ?, ?)",
-                         (exp_id, len(preds), preds.to_bytes()))
+                         (exp_id, len(preds), blob))
             conn.execute("DELETE FROM claims WHERE config_hash = ?", (exp.config_hash,))
             conn.execute("DELETE FROM failures WHERE config_hash = ?", (exp.config_hash,))
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error | OSError) and _is_full(exc):
+                nbytes = len(blob) + sum(len(str(v)) for v in values.values())
+                raise _full_error(self.path, f"experiment {exp.config_hash}", nbytes, exc) from exc
             raise
         logger.debug("stored experiment %s as id %d with %d predictions", exp.config_hash, exp_id, len(preds))
         return int(exp_id)
@@ -556,7 +687,8 @@ class Store:
         ``replace``) when the experiment is already stored: checked in the same transaction, so a job finished
         by another worker a moment ago is never started again.
 
-        A claim whose heartbeat is older than ``lease_s`` (its worker died or was killed) is taken over.
+        A claim whose heartbeat is older than ``lease_s`` (its worker died or was killed on another host), or whose
+        owner is a process of this host that has ended (:func:`worker_owner`), is taken over.
         Claims keep two workers sharing a store (several GPUs, Slurm array tasks) from computing the same
         experiment; :meth:`write` releases the writer's claim in the same transaction.
         """
@@ -567,29 +699,50 @@ class Store:
             row = conn.execute("SELECT owner, heartbeat_at FROM claims WHERE config_hash = ?", (config_hash,)).fetchone()
             stored = not replace and conn.execute("SELECT 1 FROM experiments WHERE config_hash = ?",
                                                   (config_hash,)).fetchone() is not None
-            if stored or (row is not None and row[0] != owner and now - row[1] < lease_s):
+            if stored or (row is not None and row[0] != owner and now - row[1] < lease_s and not _owner_gone(row[0])):
                 conn.execute("ROLLBACK")
                 return False
+            if row is not None and row[0] != owner and now - row[1] < lease_s:
+                logger.info("taking over the claim of %s on %s: that process of this host has ended", row[0], label)
             conn.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)", (config_hash, owner, label, now, now))
             conn.execute("COMMIT")
             return True
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and _is_full(exc):
+                raise _full_error(self.path, f"the claim on {label or config_hash}", 4096, exc) from exc
             raise
 
     def heartbeat(self, owner: str) -> None:
         """Renew every claim that ``owner`` holds."""
         self.conn.execute("UPDATE claims SET heartbeat_at = ? WHERE owner = ?", (time.time(), owner))
 
-    def release(self, config_hash: str, owner: str) -> None:
-        """Drop ``owner``'s claim on an experiment (for a job that failed; a written one is released by write)."""
-        self.conn.execute("DELETE FROM claims WHERE config_hash = ? AND owner = ?", (config_hash, owner))
+    def release(self, config_hash: str | None, owner: str) -> None:
+        """Drop ``owner``'s claim on an experiment (for a job that failed or was interrupted; a written one is
+        released by write), or all its claims when ``config_hash`` is None.
+
+        Releasing is best effort when the disk is full: the claim then stays until its process has ended (this
+        host) or its lease expires, and the error that filled the disk is the one reported, not this one."""
+        where, params = ("owner = ?", (owner,)) if config_hash is None else \
+            ("config_hash = ? AND owner = ?", (config_hash, owner))
+        try:
+            self.conn.execute(f"DELETE FROM claims WHERE {where}", params)
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            logger.warning("could not release the claims of %s in %s (%s); they end when this process does",
+                           owner, self.path, exc)
 
     def record_failure(self, config_hash: str, label: str, owner: str, error: str) -> None:
         """Remember that an experiment failed (the latest error wins; a later successful write clears it)."""
-        self.conn.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
-                          (config_hash, label, owner, error[:2000], time.time()))
+        try:
+            self.conn.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
+                              (config_hash, label, owner, error[:2000], time.time()))
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            raise _full_error(self.path, f"the failure of {label}", len(error[:2000]) + len(label), exc) from exc
 
     def failures(self) -> dict[str, tuple[str, str]]:
         """``config_hash -> (label, error)`` of the experiments whose latest attempt failed."""
@@ -597,15 +750,17 @@ class Store:
         return {h: (label, err) for h, label, err in rows}
 
     def claims(self, lease_s: float = LEASE_S) -> dict[str, tuple[str, str]]:
-        """``config_hash -> (owner, label)`` of the live claims: what is running now."""
+        """``config_hash -> (owner, label)`` of the live claims: what is running now (a claim whose lease has expired,
+        or whose process on this host has ended, is not)."""
         rows = self.conn.execute("SELECT config_hash, owner, label FROM claims WHERE heartbeat_at > ?",
                                  (time.time() - lease_s,)).fetchall()
-        return {h: (o, label) for h, o, label in rows}
+        gone = {o: _owner_gone(o) for o in {o for _, o, _ in rows}}
+        return {h: (o, label) for h, o, label in rows if not gone[o]}
 
     def claimed(self, config_hash: str, lease_s: float = LEASE_S) -> tuple[str, float] | None:
         """``(owner, seconds since its heartbeat)`` of a live claim on the experiment, else None."""
         row = self.conn.execute("SELECT owner, heartbeat_at FROM claims WHERE config_hash = ?", (config_hash,)).fetchone()
-        if row is None or time.time() - row[1] >= lease_s:
+        if row is None or time.time() - row[1] >= lease_s or _owner_gone(row[0]):
             return None
         return str(row[0]), time.time() - float(row[1])
 

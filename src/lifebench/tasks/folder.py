@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import io
 import logging
 import os
 from collections import Counter
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from lifebench.errors import BadImageError, ConfigError, DataError
+from lifebench.fsutil import read_text
 from lifebench.tasks.base import Examples, Task
 from lifebench.tasks.split import CROSS_FIT_BELOW, DEFAULT_TEST_SIZE, default_folds, make_split
 from lifebench.tasks.taxonomy import RANKS
@@ -71,6 +73,15 @@ def _few(items: Sequence[str]) -> str:
     return shown + (f" (and {more} more)" if more > 0 else "")
 
 
+def _csv_error(what: str, path: str | os.PathLike[str], line: int, err: csv.Error, fix: str) -> DataError:
+    """One line for a CSV the csv module refuses: a field over its size limit (in practice an unclosed quote
+    that swallows the rest of the file) or a malformed quote."""
+    if "field larger than field limit" in str(err):
+        return DataError(f"{what} {path} line {line}: a field is longer than {csv.field_size_limit()} characters "
+                         "(an unclosed quote?); close the quote or shorten the field")
+    return DataError(f"{what} {path} line {line}: {err}; {fix}")
+
+
 def read_csv(
     path: str | os.PathLike[str], required: Sequence[str] = (), *, fix: str,
     header: Callable[[str], str] | None = None,
@@ -78,19 +89,24 @@ def read_csv(
     """Rows of a benchmark's CSV file (UTF-8, a byte-order mark allowed) as dicts keyed by the header.
 
     ``header`` rewrites each column name first (``str.strip`` for files with padded headers). Raises DataError
-    naming the file and ``fix`` when it is not UTF-8, or when ``required`` columns are missing (naming them and
-    the columns found)."""
+    naming the file and ``fix`` when it is not UTF-8 or not CSV the csv module can read, or when ``required``
+    columns are missing (naming them and the columns found)."""
+    reader = csv.DictReader(io.StringIO(read_text(path, what="CSV file", fix=fix), newline=""))
+    start = 1  # the line the record being read starts on (a quoted field may span lines)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [header(c) for c in reader.fieldnames or []] if header else list(reader.fieldnames or [])
-            reader.fieldnames = columns
-            if absent := [c for c in required if c not in columns]:
-                raise DataError(f"{path} has no {' or '.join(absent)} column (columns: {', '.join(columns) or 'none'}); "
-                                f"{fix}")
-            return list(reader)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 ({e.reason} at byte {e.start}); {fix}") from None
+        columns = [header(c) for c in reader.fieldnames or []] if header else list(reader.fieldnames or [])
+        reader.fieldnames = columns
+        if absent := [c for c in required if c not in columns]:
+            raise DataError(f"{path} has no {' or '.join(absent)} column (columns: {', '.join(columns) or 'none'}); "
+                            f"{fix}")
+        rows = []
+        while True:
+            start = reader.line_num + 1
+            if (row := next(reader, None)) is None:
+                return rows
+            rows.append(row)
+    except csv.Error as e:
+        raise _csv_error("CSV file", path, start, e, fix) from None
 
 
 def load_task(
@@ -126,10 +142,11 @@ def load_task(
     DataError
         For anything that makes the data unusable, naming the offending file or value and the fix.
     """
-    p = Path(path).expanduser()
+    p = Path(os.path.expanduser(path))  # Path.expanduser raises for ~unknown-user
     if not p.exists():
         raise DataError(f"task path {str(path)!r} does not exist; {_LAYOUT_HELP}")
     p = p.resolve()
+    _check_utf8(p, "folder" if p.is_dir() else "file")
     if p.is_dir():
         rows, remove_hint = _scan_folder(p), "add images or remove the class folder"
     elif p.suffix.lower() in MANIFEST_SUFFIXES:
@@ -161,6 +178,7 @@ def load_split_folders(root: str | os.PathLike[str], train: str, test: str, *, n
     if test_only_classes not in TEST_ONLY_POLICIES:
         raise ConfigError(f"test_only_classes={test_only_classes!r}; use one of {', '.join(TEST_ONLY_POLICIES)}")
     root = Path(root).resolve()
+    _check_utf8(root, "folder")
     rows = _Rows([], [], [], splits=[])
     for split, rel in (("train", train), ("test", test)):
         folder = root / rel
@@ -213,13 +231,45 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in _JUNK_NAMES
 
 
+def _check_utf8(path: str | Path, what: str) -> None:
+    """Refuse a file or folder name that is not UTF-8 (bytes that Python carries as surrogate escapes).
+
+    Such a name cannot become a class name or an id in the store, a report or an export, all of which are UTF-8;
+    renaming it is the only fix that keeps every output readable. The error names the first such component."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            kind = what if i == len(parts) - 1 else "folder"
+            raise DataError(f"the {kind} {os.fsencode(part)!r} in {Path(*parts[:i])} has a name that is not "
+                            "UTF-8; rename it to UTF-8 text and rerun") from None
+
+
+def _unreadable(folder: str | Path, err: OSError) -> DataError:
+    """An unreadable folder is an error, never skipped: leaving out a class would change the task silently."""
+    return DataError(f"cannot read the folder {err.filename or folder}: {err.strerror or err}; make it readable "
+                     "(chmod -R u+rX) or move it out of the data folder")
+
+
+def _listdir(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as e:
+        raise _unreadable(folder, e) from None
+
+
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(c for c in folder.iterdir() if c.is_dir() and not _hidden(c.name))
+    dirs = sorted(Path(e.path) for e in _listdir(folder) if e.is_dir() and not _hidden(e.name))
+    for d in dirs:
+        _check_utf8(d, "folder")
+    return dirs
 
 
 def _loose_images(folder: Path) -> list[str]:
-    return sorted(c.name for c in folder.iterdir()
-                  if c.is_file() and not _hidden(c.name) and c.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(e.name for e in _listdir(folder)
+                  if e.is_file() and not _hidden(e.name) and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _holds_classes(folder: Path) -> bool:
@@ -281,6 +331,10 @@ def _no_loose_images(root: Path, folder: Path) -> None:
         )
 
 
+def _raise_unreadable(err: OSError) -> None:
+    raise _unreadable(err.filename, err) from None
+
+
 def _scan_classes(root: Path, parent: Path) -> tuple[list[str], list[str], list[str]]:
     """Images under ``parent/<class>/**``: ids relative to ``root``, absolute paths, class names."""
     ids: list[str] = []
@@ -290,12 +344,15 @@ def _scan_classes(root: Path, parent: Path) -> tuple[list[str], list[str], list[
     n_sidecars = 0
     for class_dir in _subdirs(parent):
         n_before = len(ids)
-        for dirpath, dirnames, filenames in os.walk(class_dir):
+        for dirpath, dirnames, filenames in os.walk(class_dir, onerror=_raise_unreadable):
             dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            for d in dirnames:
+                _check_utf8(Path(dirpath) / d, "folder")
             for fname in sorted(filenames):
                 if _hidden(fname):
                     continue
                 full = Path(dirpath) / fname
+                _check_utf8(full, "file")
                 ext = full.suffix.lower()
                 if ext in IMAGE_EXTENSIONS:
                     ids.append(full.relative_to(root).as_posix())
@@ -329,29 +386,34 @@ def _read_table(path: Path) -> tuple[list[str], list[list[str]], list[str]]:
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for unreadable files
-            raise DataError(f"cannot read Parquet manifest {path}: {e}; check that it is a Parquet file") from None
+            raise DataError(f"cannot read Parquet manifest {path}: {' '.join(str(e).split())}; check that it is a "
+                            "Parquet file") from None
         cols = [["" if v is None else str(v) for v in table.column(i).to_pylist()]
                 for i in range(table.num_columns)]
         rows = [list(r) for r in zip(*cols, strict=True)] if cols else []
         return list(table.column_names), rows, [f"row {i + 1}" for i in range(len(rows))]
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    fix = "save it as UTF-8 CSV"
+    reader = csv.reader(io.StringIO(read_text(path, what="manifest", fix=fix), newline=""), delimiter=delimiter)
+    start = 1  # the line the record being read starts on (a quoted field may span lines)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            header = next(reader, None)
-            rows, where = [], []
-            for rec in reader:
-                if not any(v.strip() for v in rec):
-                    continue
-                if len(rec) != len(header):
-                    raise DataError(
-                        f"manifest {path} line {reader.line_num} has {len(rec)} fields but the header has "
-                        f"{len(header)}; quote values that contain {delimiter!r}"
-                    )
-                rows.append(rec)
-                where.append(f"line {reader.line_num}")
-    except UnicodeDecodeError as e:
-        raise DataError(f"manifest {path} is not UTF-8 text ({e}); save it as UTF-8 CSV") from None
+        header = next(reader, None)
+        rows, where = [], []
+        while True:
+            start = reader.line_num + 1
+            if (rec := next(reader, None)) is None:
+                break
+            if not any(v.strip() for v in rec):
+                continue
+            if len(rec) != len(header):
+                raise DataError(
+                    f"manifest {path} line {reader.line_num} has {len(rec)} fields but the header has "
+                    f"{len(header)}; quote values that contain {delimiter!r}"
+                )
+            rows.append(rec)
+            where.append(f"line {reader.line_num}")
+    except csv.Error as e:
+        raise _csv_error("manifest", path, start, e, fix) from None
     if header is None:
         raise DataError(f"manifest {path} is empty; give a header row such as 'path,label' and one row per image")
     return header, rows, where
@@ -412,7 +474,7 @@ def _read_manifest(path: Path) -> _Rows:
             raise DataError(f"manifest {path}: empty {header[cols[role]]!r} in {_few(blank)}; fill it in or drop "
                             "those rows")
     base = path.parent
-    full = [os.path.normpath(base / Path(p).expanduser()) for p in raw_paths]
+    full = [os.path.normpath(base / os.path.expanduser(p)) for p in raw_paths]  # ~unknown stays as written
     missing = [raw for raw, f in zip(raw_paths, full, strict=True) if not os.path.isfile(f)]
     if missing:
         raise DataError(f"manifest {path}: {len(missing)} listed file(s) do not exist: {_few(missing)} "
