@@ -1315,9 +1315,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lifebench: error: {e.strerror or e}{where}; check the path and its permissions or free space",
                   file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into it by the runner (a cluster's preemption)
         print("lifebench: interrupted; finished experiments and cache entries are kept", file=sys.stderr)
-        return 130
+        return 143 if str(e) == "SIGTERM" else 130  # 128 + the signal's number, as a shell reports it
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ the executors differ only in where workers run:
 * ``slurm``: one Slurm array task per backbone through submitit, each loading its backbone once. A task hit by
   its time limit or preempted is requeued by submitit's checkpointing and resumes where the store says.
 
-A worker killed at any point loses only the job in flight: its claim expires after ``LEASE_S`` without a
-heartbeat and another worker (or a rerun) takes the job over.
+A worker killed at any point loses only the job in flight. On its own host its claim is released at once:
+SIGTERM and SIGINT release it on the way out, and after a kill -9 the next worker sees that the claiming process
+is gone and takes the job over. A claim from another host expires after ``LEASE_S`` without a heartbeat.
 """
 
 from __future__ import annotations
