@@ -187,3 +187,29 @@ def test_groups_name_tasks_by_their_resolved_names(tmp_path):
     assert resolve_groups({"tasks": ["alias"]}, [bugs]) == {"tasks": ["bugs"]}  # by position, as the CLI resolves
     with pytest.raises(ConfigError, match=r"^task 'other' is not among the evaluated tasks \(bugs\)"):
         resolve_groups({"tasks": ["bugs", "other"]}, [bugs])
+
+
+def test_differing_classifier_heads_are_dropped_and_other_differences_still_refused():
+    from lifebench.interpolate import drop_differing_heads
+
+    g = torch.Generator().manual_seed(0)
+    body = {"conv.weight": torch.randn(4, 3, generator=g), "bn.num_batches_tracked": torch.tensor(2)}
+    a = {**body, "classifier.weight": torch.randn(10, 4, generator=g), "classifier.bias": torch.zeros(10)}
+    b = {**{k: v + 1 for k, v in body.items()}, "classifier.weight": torch.randn(5, 4, generator=g),
+         "classifier.bias": torch.zeros(5)}
+    sa, sb = drop_differing_heads(a, b, ("classifier",))
+    assert set(sa) == set(sb) == set(body)  # both heads go, weight and bias
+    mid = interpolate_state_dicts(sa, sb, 0.25)
+    torch.testing.assert_close(mid["conv.weight"], 0.75 * a["conv.weight"] + 0.25 * b["conv.weight"])
+    head_less = {k: v for k, v in b.items() if not k.startswith("classifier")}  # a checkpoint without a head
+    assert set(drop_differing_heads(a, head_less, ("classifier",))[0]) == set(body)
+    same = {**b, "classifier.weight": torch.randn(10, 4, generator=g), "classifier.bias": torch.ones(10)}
+    assert drop_differing_heads(a, same, ("classifier",)) == (a, same)  # heads of one width are interpolated
+    assert drop_differing_heads(a, b, ()) == (a, b)  # no head named (open_clip): nothing dropped
+    # a backbone that differs is another architecture, whatever the heads
+    wide = {**b, "conv.weight": torch.zeros(4, 6)}
+    with pytest.raises(ConfigError, match=r"different architectures: 'conv.weight' is \(4, 3\) torch.float32 in A "
+                                          r"but \(4, 6\) torch.float32 in B"):
+        interpolate_state_dicts(*drop_differing_heads(a, wide, ("classifier",)), 0.5)
+    with pytest.raises(ConfigError, match=r"'classifier.weight' is \(10, 4\) torch.float32 in A but \(5, 4\)"):
+        interpolate_state_dicts(a, b, 0.5)  # without dropping, the heads alone make them differ
