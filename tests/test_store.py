@@ -690,7 +690,7 @@ import resource, signal, sys
 sys.path.insert(0, sys.argv[2])
 from test_store import make_exp, make_preds
 from lifebench.store import Store
-from lifebench.store.sqlite import StoreFullError
+from lifebench.errors import StoreFullError
 assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN  # Python's own: the limit fails a write (EFBIG)
 resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
 with Store(sys.argv[1]) as store:

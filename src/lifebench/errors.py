@@ -7,7 +7,8 @@ Hierarchy::
     │   └── UnknownNameError        a name not in a registry (suggests the closest names)
     ├── DataError                   a dataset that cannot be used as given
     │   └── BadImageError           an image file that cannot be decoded
-    └── MissingDependencyError      an optional package is not installed (names the pip command)
+    ├── MissingDependencyError      an optional package is not installed (names the pip command)
+    └── StoreFullError              the disk or a file-size limit left no room in the results store (rolled back)
 
 Anything else that escapes is a bug in lifebench and keeps its traceback.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "DataError",
     "LifebenchError",
     "MissingDependencyError",
+    "StoreFullError",
     "UnknownNameError",
 ]
 
@@ -79,3 +81,7 @@ class MissingDependencyError(LifebenchError):
             f"{purpose} needs the package {package!r}, which is not installed; "
             f"run: pip install 'lifebench[{extra}]'"
         )
+
+
+class StoreFullError(LifebenchError):
+    """The disk (or a file-size limit) left no room to write to the results store; nothing was half-written."""

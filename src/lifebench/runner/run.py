@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 
 from lifebench.backbones import load_backbone
-from lifebench.errors import ConfigError, DataError
+from lifebench.errors import ConfigError, DataError, StoreFullError
 from lifebench.features import Embeddings, embed, embed_texts, resolve_device, zero_shot_weights
 from lifebench.protocols import PROTOCOLS, ZeroShot, fit_info, make_protocol, top_k
 from lifebench.protocols.zeroshot import zero_shot_choices
 from lifebench.runner.plan import Job
 from lifebench.store import Experiment, Predictions, Store
 from lifebench.store.provenance import collect as collect_provenance
-from lifebench.store.sqlite import LEASE_S, StoreFullError, worker_owner
+from lifebench.store.sqlite import LEASE_S, worker_owner
 from lifebench.tasks.base import UNKNOWN, Task
 from lifebench.tasks.taxonomy import class_texts, default_templates, load_templates
 from lifebench.vlm.run import answer_questions

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from lifebench.errors import ConfigError, LifebenchError
+from lifebench.errors import ConfigError, StoreFullError
 from lifebench.fsutil import nearest_existing
 
 __all__ = ["SCHEMA_VERSION", "Experiment", "Predictions", "Store", "StoreFullError", "check_store_path",
@@ -78,10 +78,6 @@ LEASE_S = _lease_s()
 """A worker renews its claims every LEASE_S / 10 seconds; a claim not renewed for LEASE_S (default 10 minutes,
 ``$LIFEBENCH_LEASE_S`` to change) has expired and another worker takes the job over. The lease is what protects
 claims of other hosts; a claim of this host whose process is gone ends at once (:func:`worker_owner`)."""
-
-
-class StoreFullError(LifebenchError):
-    """The disk (or a file-size limit) left no room to write to the results store; nothing was half-written."""
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
