@@ -9,13 +9,20 @@ with the time split into stages by wrapping (in this process only) the functions
 * align: the rest of ``_load_aligned`` (shared test ids, reordering, label checks);
 * encode: labels to integer codes (``_encode``);
 * resample: the shared ``(B, n)`` bootstrap index matrix per task (``resample_indices``);
-* bootstrap: the metric on every resample for every model (``bootstrap_many``, on 2 threads: close to the
-  wall time of that step, not the sum over threads);
+* bootstrap: the metric on every resample for every model, with the interval terms (``bootstrap_many``);
 * ties: paired tests against the best model with Holm correction (``ties_with_best``);
 * render: ``to_text``, ``to_markdown`` and ``Leaderboard.write`` (md, csv, json).
 * labels: the "how many more labels?" estimate for each task (``labels_needed``; always on);
 * per_class: per-class F1 with paired intervals and confusion matrices (``per_class_scores``; only with
   ``--per-class``, whose files and text are then part of render).
+
+Tasks are scored on worker threads while the main thread reads the next ones, so the stage times are summed over
+threads and add up to more than the wall time; the total is wall time, and the CPU time is printed beside it.
+
+``--baseline REV`` times the same report with lifebench's ``src`` as of git revision ``REV`` (``git archive``
+into a temporary folder; nothing in the checkout changes) side by side with the working tree: each side in its
+own process, alternating, ``--reps`` times, the minimum of each reported with the ratio; and it checks that both
+give the same intervals, tie marks and resampled scores. 8966e9e is the commit before the 2026-12-03 changes.
 
 Test-set sizes (13 tasks, 158,900 test predictions per model, 13.5 million stored rows in all) span BioBench's
 range with the largest scaled down: 2,000 to 40,000 examples (Plankton's 151k counted as 40k), 2 to 1,000
@@ -26,6 +33,7 @@ classes, macro-F1 for 11 tasks and accuracy for 2. Run::
     .venv/bin/python bench/report_step.py --models 10       # a smaller store for a quick look
     .venv/bin/python bench/report_step.py --check 5        # plus: 5 models' resampled scores against the index path
     .venv/bin/python bench/report_step.py --per-class      # as `lifebench report --per-class`
+    .venv/bin/python bench/report_step.py --baseline 8966e9e --reps 3   # old vs new, side by side, same output?
 """
 
 from __future__ import annotations
@@ -37,7 +45,10 @@ import json
 import os
 import pstats
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -109,32 +120,37 @@ def build_store(path: Path, n_models: int, seed: int) -> None:
 
 
 class StageClock:
-    """Accumulates wall time of wrapped functions, counting nested calls once (the outermost stage wins)."""
+    """Accumulates wall time of wrapped functions, counting nested calls once per thread (the outermost stage
+    wins) and summing over threads."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self._depth = 0
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if self._depth:
+            depth = getattr(self._local, "depth", 0)
+            if depth:
                 return fn(*args, **kwargs)
-            self._depth += 1
+            self._local.depth = 1
             t = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[stage] += time.perf_counter() - t
-                self._depth -= 1
+                with self._lock:
+                    self.seconds[stage] += time.perf_counter() - t
+                self._local.depth = 0
 
         return timed
 
 
 def timed_report(path: Path, n_resamples: int, out_dir: Path, per_class: bool = False
-                 ) -> tuple[dict[str, float], float, int]:
-    """Run build_leaderboard and the renderers once; return seconds per stage, the total, and the cell count."""
+                 ) -> tuple[dict[str, float], float, Any]:
+    """Run build_leaderboard and the renderers once; return seconds per stage, the total, and the board.
+    (Works with older lifebench sources too: ``--baseline``.)"""
     clock = StageClock()
-    originals = {
+    originals = {  # the names the leaderboard looks up at call time (older sources have the same ones)
         "predictions": Store.predictions,
         "experiments": Store.experiments,
         "_encode": lb._encode,
@@ -184,7 +200,7 @@ def timed_report(path: Path, n_resamples: int, out_dir: Path, per_class: bool = 
                      "labels_needed", "per_class_scores"):
             setattr(lb, name, originals[name])
     seconds = dict(clock.seconds) | dict(align_inner)
-    return seconds, total, len(board.cells)
+    return seconds, total, board
 
 
 def check_against_index_path(path: Path, n_resamples: int, n_models: int, seed: int = 0) -> tuple[float, int]:
@@ -209,6 +225,75 @@ def check_against_index_path(path: Path, n_resamples: int, n_models: int, seed: 
     return worst, checked
 
 
+def child_run(path: Path, n_resamples: int, out: Path) -> None:
+    """One timed report in this process (whichever lifebench PYTHONPATH selects); wall and CPU time, stages, and
+    the board's numbers saved to ``out`` for :func:`side_by_side`."""
+    out_dir = Path(tempfile.mkdtemp(prefix="lifebench-report-bench-out-"))
+    try:
+        cpu = time.process_time()
+        seconds, total, board = timed_report(path, n_resamples, out_dir)
+        cpu = time.process_time() - cpu
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    keys = sorted(board.resamples)
+    np.savez(out, wall=total, cpu=cpu, stages=json.dumps(seconds),
+             cells=np.array([(c.task, c.metric, c.backbone, c.protocol) for c in board.cells]),
+             numbers=np.array([(c.point, c.low, c.high, c.is_best, c.tied, np.nan if c.pvalue is None else c.pvalue)
+                               for c in board.cells], dtype=np.float64),
+             keys=np.array(keys), resamples=np.stack([board.resamples[k] for k in keys]))
+
+
+def side_by_side(path: Path, args: argparse.Namespace) -> None:
+    """Time the report with the sources of ``args.baseline`` and with the working tree, alternating, each in a
+    fresh process; print the minimum wall and CPU time of each and their ratios, then whether the two boards
+    agree (intervals, tie marks, p-values, resampled scores)."""
+    repo = Path(__file__).resolve().parent.parent
+    work = Path(tempfile.mkdtemp(prefix="lifebench-report-baseline-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", args.baseline, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+        sides = {f"baseline {args.baseline}": work / "src", "working tree": repo / "src"}
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in range(args.reps):
+            for name, src in sides.items():
+                out = work / f"{len(runs[name])}-{name.split()[0]}.npz"
+                env = {**os.environ, "PYTHONPATH": str(src)}
+                subprocess.run([sys.executable, __file__, "--child", str(out), "--store", str(args.store),
+                                "--models", str(args.models), "--resamples", str(args.resamples),
+                                "--seed", str(args.seed)], env=env, check=True, stdout=subprocess.DEVNULL)
+                with np.load(out) as z:
+                    runs[name].append({k: z[k] for k in z.files})
+                print(f"  run {r + 1}/{args.reps} {name}: {float(runs[name][-1]['wall']):.2f} s wall, "
+                      f"{float(runs[name][-1]['cpu']):.2f} s CPU", flush=True)
+        (old_name, old), (new_name, new) = runs.items()
+        best = {name: (min(float(x["wall"]) for x in xs), min(float(x["cpu"]) for x in xs))
+                for name, xs in runs.items()}
+        print(f"\nbuild_leaderboard + rendering, {args.models} models x {len(TASKS)} tasks, {args.resamples} "
+              f"resamples, minimum of {args.reps} runs each, alternating ({os.cpu_count()} CPU cores):")
+        for name in runs:
+            stages = json.loads(str(min(runs[name], key=lambda x: float(x["wall"]))["stages"]))
+            split = ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if v >= 0.05)
+            print(f"  {name:<22} {best[name][0]:7.2f} s wall  {best[name][1]:7.2f} s CPU   (stages, summed over "
+                  f"threads: {split})")
+        print(f"  ratio (baseline / working tree): {best[old_name][0] / best[new_name][0]:.2f}x wall, "
+              f"{best[old_name][1] / best[new_name][1]:.2f}x CPU; target <= 10 s wall: "
+              f"{'met' if best[new_name][0] <= 10 else 'missed'}")
+        a, b = old[0], new[0]
+        same_cells = np.array_equal(a["cells"], b["cells"]) and np.array_equal(a["keys"], b["keys"])
+        if not same_cells:
+            print("  output: the two boards hold different cells")
+            return
+        diff = np.abs(a["numbers"] - b["numbers"])
+        print(f"  output: largest difference of point, low, high: {np.nanmax(diff[:, :3]):.1e}; of p-values: "
+              f"{np.nanmax(diff[:, 5], initial=0.0):.1e}; of resampled scores: "
+              f"{np.nanmax(np.abs(a['resamples'] - b['resamples'])):.1e}; best and tie marks "
+              f"{'identical' if np.array_equal(a['numbers'][:, 3:5], b['numbers'][:, 3:5]) else 'DIFFERENT'} "
+              f"({int(a['numbers'][:, 4].sum())} tied cells)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", type=int, default=85)
@@ -223,6 +308,10 @@ def main() -> None:
                         help="also compare N models per task with the index-matrix computation")
     parser.add_argument("--per-class", action="store_true",
                         help="also per-class scores and confusion matrices, as `lifebench report --per-class`")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time lifebench's src at git revision REV, side by side, and compare the output")
+    parser.add_argument("--reps", type=int, default=3, help="runs of each side with --baseline (minimum reported)")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # one timed run, results to this .npz
     args = parser.parse_args()
 
     spec = _spec(args.models, args.seed)
@@ -248,12 +337,18 @@ def main() -> None:
         f"{args.resamples} resamples; {os.cpu_count()} CPU cores"
     )
 
+    if args.child:
+        return child_run(path, args.resamples, args.child)
+    if args.baseline:
+        return side_by_side(path, args)
+
     out_dir = Path(tempfile.mkdtemp(prefix="lifebench-report-bench-out-"))
     try:
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             profiler.enable()
-        seconds, total, n_cells = timed_report(path, args.resamples, out_dir, args.per_class)
+        seconds, total, board = timed_report(path, args.resamples, out_dir, args.per_class)
+        n_cells = len(board.cells)
         if profiler:
             profiler.disable()
     finally:
@@ -263,7 +358,10 @@ def main() -> None:
     for stage in STAGES:
         s = seconds.get(stage, 0.0)
         print(f"  {stage:<10} {s:8.2f} s  {100 * s / total:5.1f}%")
-    print(f"  {'other':<10} {total - accounted:8.2f} s  {100 * (total - accounted) / total:5.1f}%")
+    if total >= accounted:  # stages run on several threads at once can add up to more than the total
+        print(f"  {'other':<10} {total - accounted:8.2f} s  {100 * (total - accounted) / total:5.1f}%")
+    else:
+        print(f"  (stages summed over threads: {accounted:.2f} s in {total:.2f} s of wall time)")
     if profiler:
         print()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)

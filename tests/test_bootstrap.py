@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -714,3 +715,93 @@ def test_power_against_a_true_gap(k: int, gap: float, low: float, high: float) -
     marked = _marked_worse(points, resampled)
     assert low <= marked[:, 1:].mean() <= high
     assert marked[:, 0].mean() <= 0.01
+
+
+# ------------------------------------------------------------------------------------------------------
+# the report step's fast paths against straightforward computations (docs/performance.md, "Report step")
+
+
+def _long_tailed_case(seed: int = 0, n: int = 240, n_models: int = 7) -> tuple[np.ndarray, list[np.ndarray]]:
+    """True codes over 14 classes, long-tailed (several under MIN_CLASS_STRATUM, so pooled), and models whose
+    wrong answers include class 15, never true, and skip class 14."""
+    rng = np.random.default_rng(seed)
+    y = np.minimum(rng.zipf(1.5, n) - 1, 13)
+    preds = []
+    for q in np.linspace(0.3, 0.95, n_models):
+        wrong = np.where(rng.random(n) < 0.2, 15, (y + rng.integers(1, 4, n)) % 14)
+        preds.append(np.where(rng.random(n) < q, y, wrong))
+    return y, preds
+
+
+def test_many_models_on_counts_equal_scoring_each_resample() -> None:
+    """macro-F1 and balanced accuracy of all models at once (dense products by class, sparse false positives,
+    ratios summed over present classes) equal scikit-learn's scores of every resample drawn row by row."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    from lifebench.metrics import ResampleCounts
+
+    y, preds = _long_tailed_case()
+    strata = bs.class_strata(y)
+    idx = resample_indices(y.size, 40, seed=5, strata=strata)
+    counts = ResampleCounts(idx, strata=strata)
+    f1 = get_metric("macro_f1").resampled_many_fn(y, preds, counts)
+    ba = get_metric("balanced_accuracy").resampled_many_fn(y, preds, counts)
+    for m, p in enumerate(preds):
+        for b, row in enumerate(idx):
+            labels = np.unique(y[row])
+            assert f1[m, b] == pytest.approx(
+                f1_score(y[row], p[row], labels=labels, average="macro", zero_division=0), abs=1e-12)
+            with warnings.catch_warnings():  # scikit-learn warns of predicted classes that are never true
+                warnings.simplefilter("ignore")
+                assert ba[m, b] == pytest.approx(balanced_accuracy_score(y[row], p[row]), abs=1e-12)
+
+
+def test_many_models_on_a_subset_equal_the_repeated_examples() -> None:
+    """A seed's test set inside the task's (ResampleCounts.subset): each resample holds example i K[i, b] times."""
+    from lifebench.metrics import ResampleCounts
+
+    y, preds = _long_tailed_case(seed=1)
+    idx = resample_indices(y.size, 30, seed=2, strata=bs.class_strata(y))
+    full = ResampleCounts(idx)
+    rows = np.flatnonzero(np.random.default_rng(0).random(y.size) < 0.6)
+    got = get_metric("macro_f1").resampled_many_fn(y[rows], [p[rows] for p in preds], full.subset(rows))
+    K = full.counts(y.size)[rows]
+    for m, p in enumerate(preds):
+        for b in range(idx.shape[0]):
+            take = np.repeat(rows, K[:, b].astype(int))
+            assert got[m, b] == pytest.approx(macro_f1(y[take], p[take]), abs=1e-12)
+
+
+def test_count_matrix_counts_every_draw() -> None:
+    from lifebench.metrics import ResampleCounts
+
+    idx = resample_indices(50, 150, seed=1)  # more resamples than one block of the bincount (64)
+    K = ResampleCounts(idx).counts(50)
+    assert K.dtype == np.float32 and K.shape == (50, 150)
+    np.testing.assert_array_equal(K, np.stack([np.bincount(row, minlength=50) for row in idx], axis=1))
+
+
+def test_stepdown_fast_path_equals_the_pair_loop() -> None:
+    """Without undefined resamples, the max over pairs comes from each resample's top two models (O(k B)); it
+    gives exactly the pair-by-pair loop's p-values, exact ties and copies included."""
+    rng = np.random.default_rng(4)
+    for k in (2, 3, 12):
+        points = rng.random(k).round(2)  # repeated points: equal gaps
+        res = points[:, None] + rng.normal(0, 0.03, (k, 200)) + rng.normal(0, 0.05, 200)
+        res[-1], points[-1] = res[0], points[0]  # an identical copy: gaps of exactly 0
+        centred = res - points[:, None]
+        tiny = 1e-9 * (1.0 + float(np.abs(res).max()))
+        observed, null = bs._pair_max_loop(points, centred, tiny)
+        fast = bs._stepdown_max(points, res)
+        order = np.argsort(-observed, kind="stable")
+        tail = np.fmax.accumulate(null[order][::-1], axis=0)[::-1]
+        exceed = np.count_nonzero(tail >= observed[order][:, None], axis=1)
+        loop = np.empty(k)
+        loop[order] = np.minimum(np.maximum.accumulate((1 + exceed) / (1 + tail.shape[1])), 1.0)
+        np.testing.assert_array_equal(fast, loop)
+
+
+def test_compact_codes_equal_unique_inverse() -> None:
+    rng = np.random.default_rng(2)
+    for labels in (rng.integers(0, 30, 500), rng.integers(5, 9, 7), np.array(["b", "a", "b"]), np.array([10**7, 3])):
+        np.testing.assert_array_equal(bs._compact_codes(labels), np.unique(labels, return_inverse=True)[1])

@@ -395,3 +395,58 @@ def test_pvalues_are_the_max_t_test_on_the_shared_resamples(store: Store, tmp_pa
         want = None if name == best else pvalues[name]
         assert c.pvalue == want and stored[name]["pvalue"] == want
         assert rows[name]["pvalue"] == ("" if want is None else repr(want))
+
+
+# ------------------------------------------------------------------------------------------ speed changes
+
+BOARD_8966E9E = Path(__file__).parent / "data" / "report_step" / "board_8966e9e.json"
+
+
+def _speed_case(path: Path) -> Store:
+    """Two tasks, six models: accuracy on 5 classes and macro-F1 on 40 long-tailed classes (small ones pooled, a
+    predicted class that is never true), with two identical models (an exact tie)."""
+    store = Store(path)
+    ids, y = truth()
+    quality = [0.9, 0.88, 0.8, 0.7, 0.6]
+    for m, q in enumerate(quality):
+        add(store, "bugs", f"m{m}", ids, y, predict(y, np.random.default_rng(10 + m).random(N) < q, 20 + m))
+    add(store, "bugs", "m5", ids, y, predict(y, np.random.default_rng(10).random(N) < quality[0], 20))
+    many = np.array([f"c{c:02d}" for c in range(41)])
+    rng = np.random.default_rng(3)
+    y40 = many[np.minimum(rng.zipf(1.4, N) - 1, 39)]
+    codes = np.searchsorted(many, y40)
+    for m, q in enumerate(quality + [quality[0]]):
+        r = np.random.default_rng(30 + min(m, 4 if m < 5 else 0))
+        wrong = np.minimum(codes + r.integers(1, 4, N), 40)  # c40 is predicted but never true
+        add(store, "fish", f"m{m}", ids, y40, many[np.where(r.random(N) < q, codes, wrong)], metric="macro_f1",
+            classes=many)
+    return store
+
+
+def _board_numbers(board: Leaderboard) -> dict[str, list]:
+    return {f"{c.task}/{c.backbone}": [c.point, c.low, c.high, c.is_best, c.tied, c.pvalue] for c in board.cells}
+
+
+def test_report_numbers_unchanged_by_the_speed_work(tmp_path: Path) -> None:
+    """The same seed gives the same intervals, p-values and tie marks as the code before the 2026-12-03 speed
+    changes (commit 8966e9e, whose output is stored in tests/data/report_step/; regenerate with
+    ``PYTHONPATH=<that commit's src>:tests python -c "import test_report as t; t._write_expected()"``)."""
+    with _speed_case(tmp_path / "r.sqlite") as store:
+        got = _board_numbers(build_leaderboard(store, n_resamples=300, seed=7))
+    expected = json.loads(BOARD_8966E9E.read_text())
+    assert got.keys() == expected.keys()
+    assert sum(v[4] for v in got.values()) >= 2  # some ties to compare (the identical copies at least)
+    for key, (point, low, high, best, tied, p) in expected.items():
+        g = got[key]
+        np.testing.assert_allclose(g[:3], [point, low, high], rtol=0, atol=1e-12, err_msg=key)
+        assert (g[3], g[4]) == (best, tied), key
+        assert (g[5] is None) == (p is None) and (p is None or abs(g[5] - p) <= 1e-12), key
+
+
+def _write_expected() -> None:  # pragma: no cover - run by hand against the old sources
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, _speed_case(Path(tmp) / "r.sqlite") as store:
+        numbers = _board_numbers(build_leaderboard(store, n_resamples=300, seed=7))
+    BOARD_8966E9E.parent.mkdir(parents=True, exist_ok=True)
+    BOARD_8966E9E.write_text(json.dumps(numbers, indent=1) + "\n")

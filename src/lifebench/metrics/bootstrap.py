@@ -100,8 +100,11 @@ def resample_indices(n: int, n_resamples: int = 1000, seed: int = 0, strata: np.
         rows = min(step, int(n_resamples) - start)
         # A uniform float scaled by the stratum's size, floored: uniform over the stratum (to 2**-53), and about
         # twice as fast as integers with a bound per element.
-        offset = (rng.random((rows, int(n))) * span).astype(dtype)
-        out[start:start + rows] = order[first + offset]
+        draw = rng.random((rows, int(n)))
+        draw *= span
+        offset = draw.astype(dtype)
+        offset += first
+        np.take(order, offset, out=out[start:start + rows])  # in place: no temporaries of the block's size
     return out
 
 
@@ -135,6 +138,16 @@ def _strata_codes(strata: object, n: int) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 4 * n:
         return arr
     return np.unique(arr, return_inverse=True)[1].reshape(n)
+
+
+def _compact_codes(labels: np.ndarray) -> np.ndarray:
+    """``np.unique(labels, return_inverse=True)[1]``: codes 0..K-1 of the distinct labels in sorted order; O(n)
+    by counting for labels that are already small non-negative integer codes (no sort per model)."""
+    labels = labels.reshape(-1)
+    if np.issubdtype(labels.dtype, np.integer) and labels.size and labels.min() >= 0 and labels.max() <= 4 * labels.size:
+        seen = np.bincount(labels) > 0
+        return (np.cumsum(seen) - 1)[labels]
+    return np.unique(labels, return_inverse=True)[1].reshape(-1)
 
 
 def _index_dtype(n: int) -> type[np.signedinteger]:
@@ -269,7 +282,7 @@ def smoothed_variance(flips: np.ndarray, classes: np.ndarray, strata: np.ndarray
     metric's coverage within one Monte Carlo error of 95% (docs/statistics.md, "Intervals")."""
     pseudo = _PSEUDO_COUNT if pseudo is None else pseudo
     flips = np.asarray(flips, dtype=np.float64)
-    codes = np.unique(np.asarray(classes), return_inverse=True)[1].reshape(-1)
+    codes = _compact_codes(np.asarray(classes))
     stratum = np.zeros(flips.size, dtype=np.int64) if strata is None else _strata_codes(strata, flips.size)
     m = np.bincount(codes).astype(np.float64)
     hits = np.bincount(codes, weights=(flips < 0).astype(np.float64), minlength=m.size)
@@ -309,7 +322,7 @@ def jackknife_terms(jackknife: np.ndarray, strata: np.ndarray | None = None, con
 
     A stratum of one example adds nothing to the acceleration. ``(a, 1.0)`` when nothing varies.
     """
-    from scipy.stats import norm, t
+    from scipy.special import ndtri, stdtrit  # what scipy.stats' t.ppf and norm.ppf call, without its import
 
     jack = np.asarray(jackknife, dtype=np.float64)
     codes = np.zeros(jack.size, dtype=np.int64) if strata is None else _strata_codes(strata, jack.size)
@@ -321,8 +334,8 @@ def jackknife_terms(jackknife: np.ndarray, strata: np.ndarray | None = None, con
         mean = totals / counts
     m = sizes[codes]
     u = np.where(defined, (m - 1.0) * (mean[codes] - jack), 0.0)
-    boot = float(np.sum(u**2 / m**2))
-    a = float(np.sum(u**3 / m**3)) / (6.0 * boot**1.5) if boot > 0 else 0.0
+    boot = float(np.sum(u**2 / (sizes**2)[codes]))  # powers of the S stratum sizes, not of n copies
+    a = float(np.sum(u**3 / (sizes**3)[codes])) / (6.0 * boot**1.5) if boot > 0 else 0.0
     per_stratum = np.bincount(codes, weights=u**2 / (m * np.maximum(m - 1.0, 1.0)), minlength=sizes.size)
     if floor is not None:
         per_stratum = np.maximum(per_stratum, np.asarray(floor, dtype=np.float64)[:sizes.size])
@@ -333,7 +346,7 @@ def jackknife_terms(jackknife: np.ndarray, strata: np.ndarray | None = None, con
         return a, 1.0
     df = v**2 / float(np.sum(per_stratum**2 / np.maximum(sizes - 1.0, 1.0)))
     tail = (1.0 - confidence) / 2.0
-    return a, float(np.sqrt(v / boot) * t.ppf(1.0 - tail, df) / norm.ppf(1.0 - tail))
+    return a, float(np.sqrt(v / boot) * stdtrit(df, 1.0 - tail) / ndtri(1.0 - tail))
 
 
 def estimate(point: float, resamples: np.ndarray, confidence: float = 0.95, *,
@@ -467,6 +480,33 @@ def _stepdown_max(points: np.ndarray, resamples: np.ndarray) -> np.ndarray:
     k, n_res = resamples.shape
     centred = resamples - points[:, None]
     tiny = 1e-9 * (1.0 + float(np.nanmax(np.abs(resamples), initial=0.0)))  # roundoff, not sampling spread
+    if np.isfinite(resamples).all():  # every pair defined: the max over j != i from each column's top two, O(k B)
+        def snap(x: np.ndarray) -> np.ndarray:  # monotone, so the max of snapped gaps is the snapped max
+            return np.where(np.abs(x) > tiny, x, 0.0)
+
+        top = np.argmax(centred, axis=0)
+        first = centred[top, np.arange(n_res)]
+        second = np.max(np.where(np.arange(k)[:, None] == top, -np.inf, centred), axis=0)
+        null = snap(np.where(np.arange(k)[:, None] == top, second, first) - centred)
+        best = int(np.argmax(points))
+        runner_up = np.max(np.delete(points, best))
+        observed = snap(np.where(np.arange(k) == best, runner_up, points[best]) - points)
+    else:
+        observed, null = _pair_max_loop(points, centred, tiny)
+    order = np.argsort(-observed, kind="stable")
+    tail_max = np.fmax.accumulate(null[order][::-1], axis=0)[::-1]  # row l: max over models order[l:]
+    valid = ~np.isnan(tail_max)
+    exceed = np.count_nonzero(valid & (tail_max >= observed[order][:, None]), axis=1)
+    adjusted = np.minimum(np.maximum.accumulate((1 + exceed) / (1 + valid.sum(axis=1))), 1.0)
+    out = np.empty(k, dtype=np.float64)
+    out[order] = adjusted
+    return out
+
+
+def _pair_max_loop(points: np.ndarray, centred: np.ndarray, tiny: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_stepdown_max`'s ``T_i`` and ``T*_ib`` pair by pair, leaving out the pairs (and the resamples of a
+    pair) where a difference is undefined (NaN); O(k**2 B), for resamples with NaN."""
+    k, n_res = centred.shape
     observed = np.full(k, -np.inf)
     null = np.full((k, n_res), np.nan)
     with warnings.catch_warnings():
@@ -480,11 +520,4 @@ def _stepdown_max(points: np.ndarray, resamples: np.ndarray) -> np.ndarray:
             if keep.any():
                 observed[i] = gap[keep].max()
                 null[i] = np.fmax.reduce(diff[keep], axis=0)
-    order = np.argsort(-observed, kind="stable")
-    tail_max = np.fmax.accumulate(null[order][::-1], axis=0)[::-1]  # row l: max over models order[l:]
-    valid = ~np.isnan(tail_max)
-    exceed = np.count_nonzero(valid & (tail_max >= observed[order][:, None]), axis=1)
-    adjusted = np.minimum(np.maximum.accumulate((1 + exceed) / (1 + valid.sum(axis=1))), 1.0)
-    out = np.empty(k, dtype=np.float64)
-    out[order] = adjusted
-    return out
+    return observed, null

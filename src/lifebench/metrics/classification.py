@@ -186,8 +186,11 @@ class ResampleCounts:
                                     "were made for")
                 rows = self.checked(n)
                 K = np.empty((n, rows.shape[0]), dtype=np.float32)
-                for b, row in enumerate(rows):
-                    K[:, b] = np.bincount(row, minlength=n)
+                step = 64  # resamples per bincount: one call over ``b * n + index`` instead of one per resample
+                for start in range(0, rows.shape[0], step):
+                    block = rows[start:start + step]
+                    keys = (block + (np.arange(block.shape[0], dtype=np.int64) * n)[:, None]).ravel()
+                    K[:, start:start + block.shape[0]] = np.bincount(keys, minlength=block.size).reshape(-1, n).T
                 self._counts[n] = K
             return self._counts[n]
 
@@ -326,6 +329,9 @@ def _f1_mean(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> np.n
 
 
 _CountsReducer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# The class-averaged reducers as ratios of counts: (scale, whether the denominator holds the predicted count),
+# i.e. the mean over present classes of ``scale * tp / max(support [+ predicted], 1)``.
+_RATIO_FORM: dict[_CountsReducer, tuple[float, bool]] = {_recall_mean: (1.0, False), _f1_mean: (2.0, True)}
 
 
 def _confusion_cells(yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -333,7 +339,7 @@ def _confusion_cells(yt: np.ndarray, yp: np.ndarray) -> tuple[np.ndarray, ...]:
     example's cell, and the per-class counts, as float64."""
     n_classes = int(max(yt.max(), yp.max())) + 1
     cell_of = yt.astype(np.int64) * n_classes + yp
-    if n_classes**2 <= 1 << 22:  # the occupied cells by counting, not sorting
+    if n_classes**2 <= min(1 << 22, 16 * cell_of.size):  # the occupied cells by counting, not sorting
         cells = np.flatnonzero(np.bincount(cell_of, minlength=n_classes**2))
         position = np.zeros(n_classes**2, dtype=np.int64)
         position[cells] = np.arange(cells.size)
@@ -407,28 +413,48 @@ def _resampled_many_from_counts(
     """``reduce(tp, support, predicted)`` of every resample for each model in ``preds``; shape (models, B).
 
     True positives: for each class, one dense product of ``K``'s rows of that class with the models' hits.
-    Predicted counts: those plus one sparse product over each model's wrong predictions, keyed by the
-    predicted class."""
+    Predicted counts (macro-F1 only): those plus one sparse product over each model's wrong predictions, keyed
+    by the predicted class. Only the classes present in ``y_true`` are computed (the others add 0 and are not
+    averaged), in a (class, resample) layout, and the per-class ratio ``tp / denominator`` is taken from exact
+    float32 counts straight into float64 and summed over classes in order: the same numbers, bit for bit, as
+    ``reduce`` on all classes, at a fraction of the memory traffic (docs/performance.md, "Report step")."""
+    from scipy.sparse import csr_matrix
+
+    scale, with_predicted = _RATIO_FORM[reduce]
     yt = _labels(y_true, "y_true")
     yps = [_pair(yt, p)[1] for p in preds]
     n_classes = int(max(yt.max(), *(p.max() for p in yps))) + 1
     n_res = idx.n_resamples
-    support = idx.support(yt, n_classes)
     order, bounds, sorted_counts = idx.by_class(yt, n_classes)
     present = np.flatnonzero(np.diff(bounds))
+    column = np.full(n_classes, -1)
+    column[present] = np.arange(present.size)  # class -> row of the per-class arrays; -1 for absent classes
+    support = np.ascontiguousarray(idx.support(yt, n_classes)[:, present].T, dtype=np.float32)  # (P, B), exact
+    n_present = np.count_nonzero(support, axis=0).astype(np.float64)  # averaged classes in each resample
+    counts = idx.counts(yt.size) if with_predicted else None
     out = np.empty((len(yps), n_res), dtype=np.float64)
-    step = max(1, 8 * _CHUNK_ELEMENTS // (n_classes * n_res))  # models per block: tp is about 64 MB at most
+    step = max(1, 8 * _CHUNK_ELEMENTS // (present.size * n_res))  # models per block: tp is about 64 MB at most
     for start in range(0, len(yps), step):
         block = yps[start:start + step]
         hits = np.stack([(p == yt)[order] for p in block]).astype(np.float32)  # (models, n), in class order
-        tp = np.zeros((len(block), n_classes, n_res), dtype=np.float32)
-        for c in present:
+        tp = np.empty((present.size, len(block), n_res), dtype=np.float32)
+        for row, c in enumerate(present):
             lo, hi = bounds[c], bounds[c + 1]
-            tp[:, c, :] = hits[:, lo:hi] @ sorted_counts[lo:hi]
+            np.matmul(hits[:, lo:hi], sorted_counts[lo:hi], out=tp[row])
         for j, p in enumerate(block):
-            wrong = np.flatnonzero(p != yt)
-            tp_j = tp[j].astype(np.float64).T  # (B, C), laid out like the sparse products' results
-            out[start + j] = reduce(tp_j, support, tp_j + idx.keyed_sum(p[wrong], n_classes, wrong, yt.size))
+            if with_predicted:  # support + predicted = support + tp + fp, all exact in float32
+                wrong = np.flatnonzero((p != yt) & (column[p] >= 0))
+                fp = csr_matrix((np.ones(wrong.size, dtype=np.float32), (column[p[wrong]], wrong)),
+                                shape=(present.size, yt.size))
+                denominator = np.asarray(fp @ counts)
+                denominator += tp[:, j]
+                denominator += support
+            else:
+                denominator = support.copy()
+            np.maximum(denominator, 1.0, out=denominator)
+            total = np.divide(tp[:, j], denominator, dtype=np.float64).sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):  # NaN for a subset's resample without examples
+                out[start + j] = scale * total / n_present  # scale is 1 or 2: exact, as in the reducer
     return out
 
 

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from lifebench.errors import ConfigError, DataError, UnknownNameError
+from lifebench.fsutil import atomic_write
 from lifebench.metrics import (
     Estimate,
     Metric,
@@ -55,7 +57,7 @@ TIED_MARKDOWN = "≈"
 MISSING = "–"
 # Ranked predictions are padded (with -1) to this width when they already list every class.
 _TOPK_MIN_WIDTH = 5
-# Threads scoring the models of a task side by side.
+# Threads scoring tasks side by side (the store is read on the calling thread meanwhile).
 _THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -244,10 +246,8 @@ class Leaderboard:
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`csv_text` to ``path``."""
-        path = Path(path)
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            fh.write(self.csv_text())
-        return path
+        text = self.csv_text()
+        return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
     def json_text(self) -> str:
         """``{"meta": ..., "cells": [...], "labels_needed": [...]}``; non-finite numbers become null."""
@@ -261,9 +261,8 @@ class Leaderboard:
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`json_text` to ``path``."""
-        path = Path(path)
-        path.write_text(self.json_text())
-        return path
+        text = self.json_text()
+        return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
     def write(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.json`` into ``out_dir``."""
@@ -274,12 +273,9 @@ class Leaderboard:
             raise ConfigError(
                 f"cannot create report folder {out} ({exc.strerror}); pass a writable --out folder"
             ) from exc
-        md = out / "leaderboard.md"
-        md.write_text(
-            f"# Leaderboard\n\nGenerated {self.meta.get('generated_at', '')}.\n\n{self.to_markdown()}"
-            + (f"\n## How many more labels?\n\n{self.labels_needed_text()}" if self.labels_needed else ""),
-            encoding="utf-8",
-        )
+        text = (f"# Leaderboard\n\nGenerated {self.meta.get('generated_at', '')}.\n\n{self.to_markdown()}"
+                + (f"\n## How many more labels?\n\n{self.labels_needed_text()}" if self.labels_needed else ""))
+        md = atomic_write(out / "leaderboard.md", lambda fh: fh.write(text.encode("utf-8")))  # whole, or the old one
         return {
             "md": md,
             "csv": self.to_csv(out / "leaderboard.csv"),
@@ -384,7 +380,7 @@ def _load_aligned(
     if not loaded:
         return []
     common = loaded[0][1].ids
-    if all(np.array_equal(p.ids, common) for _, p in loaded[1:]):
+    if all(_equal(p.ids, common) for _, p in loaded[1:]):
         aligned = loaded  # the usual case: every model scored the same examples (stored sorted by id)
         return _same_truth(task, aligned)
     for _, p in loaded[1:]:
@@ -405,11 +401,19 @@ def _load_aligned(
     return _same_truth(task, aligned)
 
 
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """``np.array_equal`` of two label or id arrays, by one memory comparison when they have the same dtype (the
+    usual case: 85 models' test ids compared in microseconds, not element by element)."""
+    if a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes():
+        return True
+    return bool(np.array_equal(a, b))
+
+
 def _same_truth(task: str, aligned: list[tuple[Experiment, Predictions]]) -> list[tuple[Experiment, Predictions]]:
     """``aligned`` unchanged, after checking that every model stored the same true labels."""
     first, y_true = aligned[0][0], aligned[0][1].y_true
     for e, p in aligned[1:]:
-        if differ := int(np.count_nonzero(p.y_true != y_true)):
+        if not _equal(p.y_true, y_true) and (differ := int(np.count_nonzero(p.y_true != y_true))):
             raise DataError(
                 f"task {task}: {_model(e)} and {_model(first)} stored different true labels for {differ} test "
                 "examples; the task data changed between runs: rerun the stale one with --force"
@@ -479,21 +483,21 @@ def _strata(units: np.ndarray, per_seed: list[_SeedData]) -> np.ndarray | None:
 
 
 def _estimates(metric: Metric, data: _SeedData, idx: ResampleCounts, confidence: float) -> dict[str, Estimate]:
-    """Each model's paired bootstrap estimate on ``idx``; models in a few blocks side by side (the dense and
-    sparse products release the GIL)."""
-    blocks = [b for b in np.array_split(np.arange(len(data.preds)), _THREADS) if b.size]
-    with ThreadPoolExecutor(len(blocks)) as pool:
-        scored = [est for part in pool.map(
-            lambda b: bootstrap_many(metric, data.codes_true, [data.preds[i] for i in b], idx, confidence), blocks)
-            for est in part]
-    return dict(zip(data.found, scored, strict=True))
+    """Each model's paired bootstrap estimate on ``idx``, all models in one pass."""
+    return dict(zip(data.found, bootstrap_many(metric, data.codes_true, data.preds, idx, confidence), strict=True))
+
+
+def _task_data(store: Store, task: str, metric: Metric, by_seed: dict[int, list[Experiment]]) -> list[_SeedData]:
+    """Each seed's aligned predictions of ``task`` (the store reads, on the calling thread: a SQLite connection
+    stays on its thread)."""
+    return [d for _, exps in sorted(by_seed.items()) if (d := _seed_data(store, task, metric, exps))]
 
 
 def _score_task(
-    store: Store,
     task: str,
     metric: Metric,
-    by_seed: dict[int, list[Experiment]],
+    per_seed: list[_SeedData],
+    seeds: list[int],
     *,
     n_resamples: int,
     seed: int,
@@ -509,8 +513,9 @@ def _score_task(
     once, over every test example of any seed, and each seed sees them restricted to its own test set
     (:meth:`ResampleCounts.subset`): an example keeps its number of copies in a resample whatever the seed, so
     seeds sharing test examples do not average away their sampling noise, and the comparison stays paired.
+    ``per_seed`` comes from :func:`_task_data`; nothing here reads the store, so tasks are scored on worker
+    threads (numpy releases the GIL in the products, the bincounts and the sorts).
     """
-    per_seed = [d for _, exps in sorted(by_seed.items()) if (d := _seed_data(store, task, metric, exps))]
     if not per_seed:
         return []
     units = functools.reduce(np.union1d, (d.units for d in per_seed)) if len(per_seed) > 1 else per_seed[0].units
@@ -526,11 +531,11 @@ def _score_task(
     ]  # fmt: skip
     models = sorted(set.intersection(*(set(est) for est in estimates)))
     if not models:  # each model ran other seeds: no seed average compares them on the same test examples
-        raise DataError(f"task {task}: no model has results for every seed ({', '.join(str(s) for s in sorted(by_seed))})"
+        raise DataError(f"task {task}: no model has results for every seed ({', '.join(str(s) for s in seeds)})"
                         "; run each model with the same --seed values, then report again")
     if dropped := sorted(set().union(*(set(est) for est in estimates)) - set(models)):
         logger.warning("task %s: %s lack results for some seeds (%s); they are left out of the seed average", task,
-                       ", ".join(dropped), ", ".join(str(s) for s in sorted(by_seed)))
+                       ", ".join(dropped), ", ".join(str(s) for s in seeds))
     combined: dict[str, Estimate] = {}
     spread: dict[str, float | None] = {}
     for m in models:
@@ -614,21 +619,33 @@ def build_leaderboard(
     cells: list[Cell] = []
     kept: dict[tuple[str, str, str, str], np.ndarray] = {}
     classes: list[tuple[list, list]] | None = [] if per_class else None
-    for task in known if tasks is None else list(dict.fromkeys(tasks)):
-        by_metric: dict[str, list[Experiment]] = defaultdict(list)
-        of_task = [e for e in every if e.task == task]
-        for s in sorted({e.seed for e in of_task}):
-            for e in _newest_per_model(task, (e for e in of_task if e.seed == s)):
-                by_metric[forced.name if forced else e.metric].append(e)
-        for name, exps in sorted(by_metric.items()):
-            by_seed: dict[int, list[Experiment]] = defaultdict(list)
-            for e in exps:
-                by_seed[e.seed].append(e)
-            cells += _score_task(
-                store, task, forced or get_metric(name), by_seed,
-                n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha, keep=kept,
-                per_class=classes,
-            )  # fmt: skip
+    jobs = []  # (scoring, its resamples, its per-class scores), in task order
+    # Tasks are scored on _THREADS worker threads while this thread reads the next ones from the store; BLAS
+    # keeps to one thread in each (more threads than cores spin-wait, many times slower on a busy machine).
+    with ThreadPoolExecutor(_THREADS) as pool, threadpool_limits(1, user_api="blas"):
+        for task in known if tasks is None else list(dict.fromkeys(tasks)):
+            by_metric: dict[str, list[Experiment]] = defaultdict(list)
+            of_task = [e for e in every if e.task == task]
+            for s in sorted({e.seed for e in of_task}):
+                for e in _newest_per_model(task, (e for e in of_task if e.seed == s)):
+                    by_metric[forced.name if forced else e.metric].append(e)
+            for name, exps in sorted(by_metric.items()):
+                by_seed: dict[int, list[Experiment]] = defaultdict(list)
+                for e in exps:
+                    by_seed[e.seed].append(e)
+                scored = forced or get_metric(name)
+                keep_task: dict[tuple[str, str, str, str], np.ndarray] = {}
+                classes_task: list[tuple[list, list]] | None = [] if per_class else None
+                jobs.append((pool.submit(
+                    _score_task, task, scored, _task_data(store, task, scored, by_seed), sorted(by_seed),
+                    n_resamples=n_resamples, seed=seed, confidence=confidence, alpha=alpha, keep=keep_task,
+                    per_class=classes_task,
+                ), keep_task, classes_task))  # fmt: skip
+        for job, keep_task, classes_task in jobs:
+            cells += job.result()
+            kept |= keep_task
+            if classes is not None and classes_task is not None:
+                classes += classes_task
 
     if not cells:
         stored = sorted({e.metric for e in every if tasks is None or e.task in tasks})
