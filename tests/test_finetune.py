@@ -109,7 +109,24 @@ def test_finetune_trains_on_the_train_split_and_writes_a_loadable_recipe(finetun
 
     # a rerun finds the weights done and trains nothing
     assert main(["finetune", BASE, *FT_ARGS, "--out", str(finetuned)]) == 0
-    assert "holds this recipe's weights already" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "holds this recipe's weights already" in out and "wrote" not in out
+
+
+def test_logit_scale_is_clamped_to_ln_100_after_each_step(photos, tiny_open_clip, tmp_path):
+    """BioCLIP's train.py (Imageomics/bioclip @ 4ea3247) clamps after every step:
+    ``unwrap_model(model).logit_scale.clamp_(0, math.log(100))``; a base whose scale is above it comes out at ln 100."""
+    from safetensors.torch import load_file
+
+    from lifebench.backbones import load_backbone
+
+    state = load_backbone(BASE).module.state_dict()
+    state["logit_scale"] = torch.tensor(6.0)
+    torch.save(state, tmp_path / "hot.pt")
+    out = tmp_path / "hot-ft.safetensors"
+    assert main(["-q", "finetune", f"open_clip:lbtest-tiny-clip@{tmp_path / 'hot.pt'}", "--task",
+                 "tuxpaint-organisms", "--steps", "1", "--batch-size", "8", "--device", "cpu", "--out", str(out)]) == 0
+    assert float(load_file(str(out))["logit_scale"]) == pytest.approx(np.log(100), abs=1e-6)
 
 
 def test_captions_use_the_taxonomy_text_types():
@@ -118,16 +135,44 @@ def test_captions_use_the_taxonomy_text_types():
     from lifebench.finetune import MIXED_TYPES, _captions
     from lifebench.tasks.base import Examples, Task
 
-    ex = Examples(ids=np.array(["a", "b"]), paths=np.array(["a", "b"]), labels=np.array(["x", "y"]))
-    task = Task("t", ex, np.array([0]), np.array([1]))
+    ex = Examples(ids=np.array(["a", "b", "c"]), paths=np.array(["a", "b", "c"]), labels=np.array(["x", "y", "z"]))
+    task = Task("t", ex, np.array([0, 2]), np.array([1]))
     task = dataclasses.replace(task, taxonomy={"x": {"kingdom": "Animalia", "genus": "Apis", "species": "mellifera",
-                                                     "common": "honey bee"}})
+                                                     "common": "honey bee"},
+                                               "z": {"kingdom": "Plantae", "genus": "Bellis", "species": "perennis"}})
     caps = _captions(task, MIXED_TYPES)
-    assert caps["sci"] == ["a photo of Apis mellifera.", "a photo of y."]
+    assert caps["sci"] == ["a photo of Apis mellifera.", "a photo of y.", "a photo of Bellis perennis."]
     assert caps["com"][0] == "a photo of honey bee."
     assert caps["taxon"][0] == "a photo of Animalia Apis mellifera."
     assert caps["sci_com"][0] == "a photo of Apis mellifera with common name honey bee."
     assert caps["taxon_com"][0] == "a photo of Animalia Apis mellifera with common name honey bee."
+    # no common name: BioCLIP's make_wds.make_txt (Imageomics/bioclip @ 4ea3247, scripts/evobio10m/make_wds.py)
+    # sets common = taxon.scientific before writing com, sci_com and taxon_com
+    assert [caps[t][2] for t in ("com", "sci_com", "taxon_com")] == [
+        "a photo of Bellis perennis.", "a photo of Bellis perennis with common name Bellis perennis.",
+        "a photo of Plantae Bellis perennis with common name Bellis perennis."]
+
+
+def test_learning_rate_follows_bioclips_cosine_after_the_warmup():
+    """timm's scheduler, set up so that after the warmup it equals BioCLIP's and wise-ft's ``cosine_lr``
+    (Imageomics/bioclip @ 4ea3247, src/training/scheduler.py: ``e = step - warmup_length; es = steps -
+    warmup_length; lr = 0.5 * (1 + cos(pi * e / es)) * base_lr``); the warmup is timm's linear ramp from 0."""
+    import math
+
+    from lifebench.finetune import Recipe, _optimizer
+
+    recipe = Recipe(model="m", family="timm", arch="a", objective="classification", task="t", epochs=1, steps=20,
+                    steps_per_epoch=20, batch_size=2, lr=1e-3, weight_decay=0.1, warmup_steps=4, seed=0,
+                    precision="fp32")
+    optimizer, scheduler = _optimizer(recipe, torch.nn.Linear(3, 2))
+    lrs = []
+    for step in range(recipe.steps):
+        scheduler.step_update(step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[:4] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4])
+    assert lrs[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * (s - 4) / 16)) * 1e-3 for s in range(4, 20)])
+    assert max(lrs) == pytest.approx(1e-3)  # the peak is reached
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.1]  # none on the bias
 
 
 def _reference_folder(root: Path, photos: Path, finetuned: Path) -> Path:
@@ -179,6 +224,26 @@ def test_forgetting_reports_gain_forgetting_best_alpha_and_leakage(finetuned, ph
         by["base"]["target_high"] - by["base"]["target_low"])
     ok = [s for s in report["summary"] if s["alpha"] is not None and s["forgetting"]["tasks"][0] <= 0.05]
     assert report["best_alpha"] == max(ok, key=lambda s: (s["target"], -s["alpha"]))["alpha"]
+    assert "alphas whose forgetting point estimate is at most 0.05 on every group" in text
+
+    # the intervals: the leaderboard's cell for the target score; for the gain and the forgetting, the percentile
+    # interval of the per-resample differences from the base on the leaderboard's shared bootstrap resamples
+    from lifebench.report import build_leaderboard
+    from lifebench.store import Store
+
+    with Store(store) as st:
+        board = build_leaderboard(st, tasks=["tuxpaint-organisms", "bugs"], n_resamples=1000, seed=0)
+    cell = {(c.backbone, c.task): c for c in board.cells}
+    res = {(c.backbone, c.task): board.resamples[(c.task, c.metric, c.backbone, c.protocol)] for c in board.cells}
+    for name in ("fine-tuned", "alpha=0.5"):
+        s, model = by[name], by[name]["backbone"]
+        assert (s["target_low"], s["target_high"]) == (cell[(model, "tuxpaint-organisms")].low,
+                                                      cell[(model, "tuxpaint-organisms")].high)
+        gain = res[(model, "tuxpaint-organisms")] - res[(BASE, "tuxpaint-organisms")]
+        assert [s["gain_low"], s["gain_high"]] == pytest.approx(np.quantile(gain, [0.025, 0.975]), abs=1e-12)
+        lost = res[(BASE, "bugs")] - res[(model, "bugs")]
+        assert s["forgetting"]["tasks"][1:] == pytest.approx(np.quantile(lost, [0.025, 0.975]), abs=1e-12)
+    assert by["fine-tuned"]["gain_high"] > by["fine-tuned"]["gain_low"]
     leak = "\n".join(report["leakage"])
     assert "bugs: 2 of its" in leak and "were fine-tuning images of tuxpaint-organisms" in leak
     assert "bugs: shares 1 of its 4 classes with the fine-tuning task tuxpaint-organisms: bird" in leak

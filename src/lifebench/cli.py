@@ -1158,7 +1158,8 @@ def cmd_finetune(args) -> int:
         print(f"fine-tuned {recipe.model} on {len(task.train_idx)} training images of {task.name} "
               f"({len(task.test_idx)} test images held out): {recipe.steps} steps{resumed}, loss "
               f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}, {result.seconds:.1f} s")
-    print(f"wrote {result.path} (recipe: {result.path.with_suffix('.json')})\nload it as {result.backbone_id}")
+        print(f"wrote {result.path} (recipe: {result.path.with_suffix('.json')})")
+    print(f"load it as {result.backbone_id}")
     return 0
 
 

@@ -9,13 +9,15 @@ the first from the second, with the training pieces of the library the model com
   (:mod:`lifebench.tasks.taxonomy`); with ``text_type="mixed"`` each step draws one type for the whole batch
   with ``random.seed(step); random.choice([sci, com, taxon, sci_com, taxon_com])``, as BioCLIP's
   ``src/training/train.py`` (Imageomics/bioclip @ 4ea3247, ``--text_type random``) does; captions from
-  ``scripts/evobio10m/make_wds.py``. The logit scale is clamped to ln(100) after each step, as open_clip trains.
+  ``scripts/evobio10m/make_wds.py`` (a class without a common name uses its scientific name as one, as
+  ``make_txt`` does). The logit scale is clamped to ln(100) after each step, as open_clip trains.
   SigLIP models (a ``logit_bias``, a sigmoid loss) are refused for now.
 * ``timm:<name>@<weights>`` (EfficientNet-Lite is ``timm:efficientnet_lite0`` / ``tf_efficientnet_lite0``): the
   image tower with a new classification head of the task's classes, timm's ``LabelSmoothingCrossEntropy``.
 
 Both use timm's ``create_optimizer_v2`` (AdamW; no weight decay on biases and norms) and ``create_scheduler_v2``
-(cosine with linear warmup, stepped per update) as wise-ft fine-tunes (mlfoundations/wise-ft @ 58b7a4b,
+(a linear warmup from 0, then a cosine from the peak over the remaining steps, stepped per update: after the warmup
+the same as BioCLIP's and wise-ft's ``cosine_lr``) as wise-ft fine-tunes (mlfoundations/wise-ft @ 58b7a4b,
 ``src/models/finetune.py``: AdamW, ``cosine_lr`` with 500 warmup steps, weight decay 0.1, 10 epochs). bf16 autocast
 on CUDA, fp32 on the CPU. Only the task's training split is seen; its test split stays held out, and what was
 trained on (the split, the image ids, each image's SHA-256 and size, the classes and captions) is written beside
@@ -190,11 +192,20 @@ def _captions(task, types: tuple[str, ...]) -> dict[str, list[str]]:
     """Per text type, the caption of each class (classes in ``task.classes`` order); fallbacks are logged once."""
     from lifebench.tasks.taxonomy import class_text
 
+    taxa = {}
+    for c in task.classes:
+        taxon = dict((task.taxonomy or {}).get(c) or {})
+        if taxon and not str(taxon.get("common", "")).strip():
+            # make_wds.make_txt: a taxon without a common name uses its scientific (else taxonomic) name as the
+            # common name, so sci_com is "<sci> with common name <sci>" rather than falling back to "<sci>"
+            text, kind = class_text(c, taxon, "sci")
+            taxon["common"] = text if kind in ("sci", "taxon") else ""
+        taxa[c] = taxon
     out, fell = {}, {}
     for t in types:
         texts = []
         for c in task.classes:
-            text, kind = class_text(c, (task.taxonomy or {}).get(c), t)
+            text, kind = class_text(c, taxa[c], t)
             texts.append(CAPTION.format(text))
             if kind != t:
                 fell.setdefault(t, kind)
@@ -230,9 +241,12 @@ def _optimizer(recipe: Recipe, module: torch.nn.Module):
     from timm.scheduler import create_scheduler_v2
 
     optimizer = create_optimizer_v2(module, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=recipe.sched, num_epochs=recipe.steps,
-                                       warmup_epochs=recipe.warmup_steps, warmup_lr=0.0, min_lr=0.0,
-                                       step_on_epochs=False, updates_per_epoch=1)
+    # warmup_prefix: the cosine starts at the peak lr after the warmup and spans the remaining steps, as BioCLIP's
+    # and wise-ft's cosine_lr (e = step - warmup, es = steps - warmup). Without it timm's cosine runs over all
+    # the steps from step 0, so the warmup ends below the peak (0.976 lr with a 10% warmup) and it is never reached.
+    scheduler, _ = create_scheduler_v2(optimizer, sched=recipe.sched, num_epochs=recipe.steps - recipe.warmup_steps,
+                                       warmup_epochs=recipe.warmup_steps, warmup_lr=0.0, warmup_prefix=True,
+                                       min_lr=0.0, step_on_epochs=False, updates_per_epoch=1)
     return optimizer, scheduler
 
 
