@@ -1,6 +1,6 @@
 """Probe speed and quality: lifebench's LogisticProbe against a BioBench-style linear probe, side by side.
 
-Both probes are fit on the SAME synthetic features in ONE run and scored on the same held-out test set:
+The probes are fit on the SAME synthetic features in ONE run and scored on the same held-out test set:
 
 * ``biobench``: our own re-implementation of BioBench's ``LinearProbeClassifier`` (the comparison baseline,
   see the BioBench reference notes (shared/reference/biobench.md) section 3): ``LayerNorm(D) -> Linear(D, C)``, AdamW (lr 3e-4, weight
@@ -12,6 +12,18 @@ Both probes are fit on the SAME synthetic features in ONE run and scored on the 
 * ``lifebench``: :class:`lifebench.protocols.LogisticProbe` with its defaults: standardisation, ``C`` chosen
   from 13 values on a stratified 20% of train, refit on all of train, L-BFGS to tolerance.
 * ``lifebench, C fixed``: the same probe told the ``C`` it chose (one fit, no search), for scale.
+* ``sklearn``: the same recipe written with scikit-learn, as a CPU user would write it: features standardised
+  with train statistics, the same stratified 20% hold-out (lifebench's split, same seed), one
+  ``LogisticRegression(C=c, max_iter=1000)`` (lbfgs, default ``tol=1e-4``, float64) per grid value from
+  scratch, macro-F1 on the hold-out (ties to the smaller C), refit on all of train at the chosen C.
+  ``--sklearn-tol`` changes its tolerance (lifebench fits to ``tol=1e-6``).
+
+Speed against scikit-learn on several sizes, without the slow BioBench-style baseline (one thread for both,
+BLAS and OpenMP pools limited too; each time is the minimum of ``--repeats`` runs, lifebench and scikit-learn
+alternating so that both see the same load)::
+
+    .venv/bin/python bench/probe.py --baseline sklearn --repeats 3 \
+        --sizes 8000x256x100,8000x512x200,20000x256x100,20000x512x200
 
 Features imitate frozen-backbone embeddings: hierarchical class means (20 groups of 5 classes), a power-law
 covariance spectrum in a random basis, heavy-tailed (Student-t) noise with class-specific spread, a few
@@ -41,9 +53,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
+from sklearn.utils import check_random_state
+from threadpoolctl import threadpool_limits
 
 from lifebench.protocols import LogisticProbe
+from lifebench.protocols.logreg import DEFAULT_CS, _stratified_holdout
 
 BIOBENCH_STEPS = 10_000
 
@@ -161,6 +177,36 @@ class BioBenchStyleProbe:
             return self.model_(torch.from_numpy(X).to(self.device)).argmax(1).cpu().numpy()
 
 
+class SklearnRecipe:
+    """Comparison baseline on the CPU: lifebench's recipe written with scikit-learn's ``LogisticRegression``.
+
+    Standardise with train statistics; hold out the same stratified ``val_fraction`` as ``LogisticProbe``
+    (its own splitter and seed, so both score the same examples); fit every ``C`` of the grid from scratch;
+    keep the best held-out macro-F1 (ties to the smaller ``C``); refit on all of train at that ``C``. This is
+    ``LogisticProbe``'s recipe from 1,000 training examples on (below that it cross-validates instead).
+    """
+
+    def __init__(self, Cs=DEFAULT_CS, tol: float = 1e-4, max_iter: int = 1000, seed: int = 0) -> None:
+        self.Cs, self.tol, self.max_iter, self.seed = sorted(Cs), tol, max_iter, seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> SklearnRecipe:
+        X = X.astype(np.float64)
+        self.mean_, self.std_ = X.mean(0), X.std(0)
+        self.std_[self.std_ == 0] = 1.0
+        Z = (X - self.mean_) / self.std_
+        fit, val = _stratified_holdout(y, int(y.max()) + 1, 0.2, check_random_state(self.seed))
+        scores = []
+        for c in self.Cs:
+            model = LogisticRegression(C=c, tol=self.tol, max_iter=self.max_iter).fit(Z[fit], y[fit])
+            scores.append(f1_score(y[val], model.predict(Z[val]), average="macro"))
+        self.C_ = self.Cs[int(np.argmax(scores))]  # argmax takes the first, i.e. the smaller C, on ties
+        self.model_ = LogisticRegression(C=self.C_, tol=self.tol, max_iter=self.max_iter).fit(Z, y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict((X.astype(np.float64) - self.mean_) / self.std_)
+
+
 # --------------------------------------------------------------------------------------------------- run
 
 
@@ -193,6 +239,44 @@ def run_scenario(args: argparse.Namespace, scenario: str) -> list[Row]:
         return float(f1_score(y_test, pred, average="macro")), float(accuracy_score(y_test, pred))
 
     rows = []
+    if args.baseline in ("biobench", "both"):
+        rows.append(run_biobench(args, scenario, X, y, X_test, scores))
+    # lifebench and scikit-learn alternate, `repeats` times each; each keeps its fastest run
+    ours_times, sk_times = [], []
+    for _ in range(args.repeats):
+        _sync(args.device)
+        t = time.perf_counter()
+        ours = LogisticProbe(device=args.device, random_state=args.seed).fit(X, y)
+        _sync(args.device)
+        ours_times.append(time.perf_counter() - t)
+        if args.baseline in ("sklearn", "both"):
+            t = time.perf_counter()
+            sk = SklearnRecipe(tol=args.sklearn_tol, seed=args.seed).fit(X, y)
+            sk_times.append(time.perf_counter() - t)
+    spread = f" (runs {', '.join(f'{s:.1f}' for s in ours_times)} s)" if args.repeats > 1 else ""
+    rows.append(
+        Row(scenario, "lifebench", min(ours_times), False, *scores(ours.predict(X_test)), f"C={ours.C_:g}{spread}")
+    )
+    print(f"  lifebench done (C={ours.C_:g})", flush=True)
+    if sk_times:
+        spread = f" (runs {', '.join(f'{s:.1f}' for s in sk_times)} s)" if args.repeats > 1 else ""
+        rows.append(
+            Row(scenario, "sklearn", min(sk_times), False, *scores(sk.predict(X_test)), f"C={sk.C_:g}{spread}")
+        )
+        print(f"  sklearn done (C={sk.C_:g})", flush=True)
+
+    t = time.perf_counter()
+    fixed = LogisticProbe(C=ours.C_, device=args.device).fit(X, y)
+    _sync(args.device)
+    rows.append(
+        Row(scenario, "lifebench, C fixed", time.perf_counter() - t, False, *scores(fixed.predict(X_test)))
+    )
+    return rows
+
+
+def run_biobench(
+    args: argparse.Namespace, scenario: str, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, scores
+) -> Row:
     steps = min(args.steps, BIOBENCH_STEPS)
     _sync(args.device)
     t = time.perf_counter()
@@ -205,36 +289,10 @@ def run_scenario(args: argparse.Namespace, scenario: str) -> list[Row]:
         if short
         else ""
     )
-    rows.append(
-        Row(
-            scenario, "biobench", elapsed * BIOBENCH_STEPS / steps, short, *scores(base.predict(X_test)), note
-        )
-    )
     print(f"  biobench done ({elapsed:.1f} s for {steps} steps)", flush=True)
-
-    _sync(args.device)
-    t = time.perf_counter()
-    ours = LogisticProbe(device=args.device, random_state=args.seed).fit(X, y)
-    _sync(args.device)
-    rows.append(
-        Row(
-            scenario,
-            "lifebench",
-            time.perf_counter() - t,
-            False,
-            *scores(ours.predict(X_test)),
-            f"C={ours.C_:g}",
-        )
+    return Row(
+        scenario, "biobench", elapsed * BIOBENCH_STEPS / steps, short, *scores(base.predict(X_test)), note
     )
-    print(f"  lifebench done (C={ours.C_:g})", flush=True)
-
-    t = time.perf_counter()
-    fixed = LogisticProbe(C=ours.C_, device=args.device).fit(X, y)
-    _sync(args.device)
-    rows.append(
-        Row(scenario, "lifebench, C fixed", time.perf_counter() - t, False, *scores(fixed.predict(X_test)))
-    )
-    return rows
 
 
 def main() -> None:
@@ -243,19 +301,39 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=20_000)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument(
+        "--sizes", help="comma-separated NxDxK (train rows x dims x classes), e.g. 8000x256x100; overrides the three"
+    )
     parser.add_argument("--n-test-per-class", type=int, default=50)
+    parser.add_argument(
+        "--baseline",
+        choices=["biobench", "sklearn", "both"],
+        help="which baselines to run (default: both on a CPU, biobench on a GPU)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of lifebench and sklearn (min kept)")
+    parser.add_argument("--sklearn-tol", type=float, default=1e-4, help="LogisticRegression tol (its default)")
     parser.add_argument(
         "--steps", type=int, default=BIOBENCH_STEPS, help="baseline steps (< 10,000 extrapolates)"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (the dev machine has 2 cores)"
+        "--threads", type=int, default=1, help="torch, BLAS and OpenMP threads (the dev machine has 2 cores)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
-    if args.steps < 1:
-        parser.error("--steps must be positive")
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be positive")
+    on_cpu = torch.device(args.device).type == "cpu"
+    args.baseline = args.baseline or ("both" if on_cpu else "biobench")
+    if args.baseline != "biobench" and not on_cpu:
+        parser.error("the scikit-learn baseline runs on the CPU only: use --baseline biobench with --device cuda")
+    sizes = [(args.n_train, args.dim, args.classes)]
+    if args.sizes:
+        try:
+            sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+        except ValueError:
+            parser.error(f"--sizes {args.sizes!r}: use comma-separated NxDxK, e.g. 8000x256x100")
     torch.set_num_threads(args.threads)
     device = (
         torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else platform.processor()
@@ -264,17 +342,27 @@ def main() -> None:
         f"device {args.device} ({device or 'cpu'}), torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
     )
     scenarios = ["balanced", "zipf"] if args.scenario == "both" else [args.scenario]
-    rows = [row for s in scenarios for row in run_scenario(args, s)]
+    rows = []
+    with threadpool_limits(args.threads):
+        for n, d, k in sizes:
+            args.n_train, args.dim, args.classes = n, d, k
+            for s in scenarios:
+                for row in run_scenario(args, s):
+                    row.scenario = f"{s} {n}x{d}x{k}"
+                    rows.append(row)
 
     print(
-        f"\n{'scenario':<10} {'probe':<20} {'time (s)':>10} {'x faster':>9} {'macro-F1':>9} {'accuracy':>9}  note"
+        f"\n{'scenario':<24} {'probe':<20} {'time (s)':>10} {'x biobench':>10} {'x sklearn':>10} "
+        f"{'macro-F1':>9} {'accuracy':>9}  note"
     )
-    for s in scenarios:
-        base = next(r for r in rows if r.scenario == s and r.probe == "biobench")
-        for r in (r for r in rows if r.scenario == s):
+    for s in dict.fromkeys(r.scenario for r in rows):
+        group = [r for r in rows if r.scenario == s]
+        ref = {r.probe: r.seconds for r in group if r.probe in ("biobench", "sklearn")}
+        for r in group:
             mark = "*" if r.extrapolated else " "
+            ratios = [f"{ref[b] / r.seconds:>10.2f}" if b in ref else f"{'-':>10}" for b in ("biobench", "sklearn")]
             print(
-                f"{r.scenario:<10} {r.probe:<20} {r.seconds:>9.1f}{mark} {base.seconds / r.seconds:>9.1f} "
+                f"{r.scenario:<24} {r.probe:<20} {r.seconds:>9.1f}{mark} {' '.join(ratios)} "
                 f"{r.macro_f1:>9.4f} {r.accuracy:>9.4f}  {r.note}"
             )
     if any(r.extrapolated for r in rows):

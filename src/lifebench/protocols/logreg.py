@@ -20,8 +20,10 @@ Why this design
   multiply-adds per evaluation), the whole grid is solved as one batched problem (iterations = the slowest
   ``C``). Otherwise the grid is walked from strong to weak regularisation, each fit warm-started from the
   previous one: on a CPU a large problem is bound by arithmetic, and warm starts need about half the
-  iterations of cold ones. The rule looks only at the problem's size, never the device, so a CPU and a GPU
-  choose the same ``C``.
+  iterations of cold ones. The walk only screens (every ``C`` to scikit-learn's default tolerance 1e-4); the
+  best-screened ``C`` values are then polished to ``tol`` together and the choice is made among those: the
+  last digits of a fit are its costly part, and only the contenders need them. The rule looks only at the
+  problem's size, never the device, so a CPU and a GPU choose the same ``C``.
 * **Row-space coordinates when n < D.** With fewer training rows than features, the weights that matter
   lie in the span of the rows (the penalty zeroes the rest), so the problem is solved exactly in the
   ``rank``-dimensional coordinates of a thin SVD and mapped back: a 129 x 3072 problem costs as a
@@ -34,7 +36,7 @@ import logging
 import math
 import warnings
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +72,13 @@ _CHUNK_ELEMS = 1 << 26
 _STATE_COPIES = 26
 #: multiply-adds of one function evaluation of ONE C above which a single task's grid is walked as a path
 _PATH_MACS = 1 << 24
+#: gradient tolerance of the screening fits of a warm-started path (scikit-learn's default ``tol``); the two
+#: best-screened C values are then polished to ``tol`` (see ``LogisticProbe._solve_grid``)
+_SELECT_TOL = 1e-4
+#: ... and every C screened within this much of the best score is polished too: screened and exact scores differ
+#: by up to a few thousandths, and a warm start already within 1e-4 screens with its predecessor's score, so
+#: near-ties are ranked on exact fits
+_SELECT_MARGIN = 0.005
 #: Stop when an iteration lowers the objective by less than this relative amount. float64: scikit-learn's
 #: value. float32: the loss terms are rounded to ~1e-7 relative, so smaller decreases (which float64
 #: accumulation can still see) only chase rounding; iterating on costs many iterations and moves no prediction.
@@ -487,9 +496,10 @@ class LogisticProbe(TorchClassifier):
         It covers scikit-learn's default (1) and BioBench's search range for standardised features (1e-3..10),
         reaches one decade lower for few-shot training sets, where the penalty weighs most against the data
         term, and stops at 100, where the fit is close to unregularised. Held-out scores change slowly with
-        ``C``, so half-decade steps lose little. Every ``C`` is fit from scratch on the fitting part: a small
-        problem solves the whole grid as one batched problem, a large one walks it warm-started (see the
-        module docstring); both solve the same problems to the same tolerance.
+        ``C``, so half-decade steps lose little. A small problem solves the whole grid from scratch as one
+        batched problem to ``tol``; a large one walks it warm-started, screening every ``C`` at tolerance 1e-4
+        and polishing the best-screened ones (the two best and any within 0.005) to ``tol``, among which it
+        chooses (see the module docstring). ``val_scores_`` then holds screened scores for the other ``C``.
     val_fraction : float
         Share of each class held out for choosing ``C`` on training sets of ``cv_below`` examples or more (a class
         keeps at least one example for fitting).
@@ -788,6 +798,7 @@ class LogisticProbe(TorchClassifier):
             problems = [(t, f) for t in splits for f in range(len(splits[t]))]
             fold_scores = {t: np.zeros((len(splits[t]), len(grid))) for t in splits}
             theta_sum: dict[int, torch.Tensor] = {}
+            eligible: dict[int, np.ndarray] = {}
             sizes = [(i, splits[t][f][0].size) for i, (t, f) in enumerate(problems)]
             for part in self._task_chunks(sizes, Zs[0].shape[1], len(grid), k):
                 batch = [problems[i] for i in part]
@@ -798,17 +809,28 @@ class LogisticProbe(TorchClassifier):
                     [self._weights(codes[t][i], sws[t][i], k) for (t, _), i in zip(batch, fits, strict=True)],
                     k,
                 )
-                theta = self._solve_grid(design, grid)
+
+                def score(theta: torch.Tensor, batch: list[tuple[int, int]] = batch) -> np.ndarray:
+                    """Validation score (T, S) of each problem of the batch at each slot."""
+                    out = np.zeros(theta.shape[:2])
+                    for j, (t, f) in enumerate(batch):
+                        val = splits[t][f][1]
+                        pred = _predict_codes(Zs[t][torch.as_tensor(val, device=Zs[t].device)], theta[j])
+                        out[j] = [metric(codes[t][val], pred[:, s], k) for s in range(theta.shape[1])]
+                    return out
+
+                theta, exact = self._solve_grid(design, grid, score)
                 del design
+                batch_scores = score(theta)
                 for j, (t, f) in enumerate(batch):
-                    val = splits[t][f][1]
-                    pred = _predict_codes(Zs[t][torch.as_tensor(val, device=Zs[t].device)], theta[j])
-                    fold_scores[t][f] = [metric(codes[t][val], pred[:, s], k) for s in range(len(grid))]
+                    fold_scores[t][f] = batch_scores[j]
                     theta_sum[t] = theta[j].clone() if t not in theta_sum else theta_sum[t] + theta[j]
+                    eligible[t] = eligible.get(t, np.zeros(len(grid), dtype=bool)) | exact
             for t in splits:
                 mean = fold_scores[t].mean(axis=0)
                 scores[t] = {c: float(mean[s]) for s, c in enumerate(grid)}
-                best = max(range(len(grid)), key=lambda s, mean=mean: (mean[s], -s))
+                # only C values fit to tol compete (all of them unless a large path was screened)
+                best = max(np.flatnonzero(eligible[t]), key=lambda s, mean=mean: (mean[s], -s))
                 n_val[t] = len(splits[t])
                 # the refit starts from the folds' mean solution at the chosen C (as LogisticRegressionCV's)
                 chosen[t], inits[t] = grid[best], theta_sum[t][best] / n_val[t]
@@ -877,23 +899,47 @@ class LogisticProbe(TorchClassifier):
                 widest = cost
         return groups
 
-    def _solve_grid(self, design: _Design, grid: list[float]) -> torch.Tensor:
-        """Fit every task of ``design`` at every ``C`` of ``grid``; (T, S, rows, d + 1) in feature space.
+    def _solve_grid(
+        self, design: _Design, grid: list[float], score: Callable[[torch.Tensor], np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Fit every task of ``design`` at every ``C`` of ``grid``: (T, S, rows, d + 1) in feature space, and which
+        ``C`` values (S,) were fit to ``tol`` (the others only to ``_SELECT_TOL``; only those may be chosen).
 
-        Small problems are solved as one batched problem; large ones (a big task, or the folds of one) walk the
-        grid from strong to weak regularisation, all tasks of the batch together, each fit warm-started from the
-        task's previous one.
+        Small problems are solved as one batched problem to ``tol``. Large ones (a big task, or the folds of one)
+        walk the grid from strong to weak regularisation, each fit warm-started from the previous one. Given
+        ``score`` (validation score of each problem and slot), the walk is a cheap screen: every ``C`` to
+        scikit-learn's default tolerance ``_SELECT_TOL``, which scores ``C`` values almost as the exact fits do but
+        needs a third of the iterations (the last digits of a fit are its costly part). Then the two best-scoring
+        ``C`` values of each problem are polished to ``tol`` from their screened solutions in one batched solve,
+        and the choice is made among the polished fits only: close contenders are ranked on exact fits, and a
+        ``C`` that screens below the two best is not within reach of the best (see docs/performance.md, Probes).
         """
         n_tasks = design.Z.shape[0]
         if design.macs <= _PATH_MACS:
             res = self._run(design, np.tile(grid, (n_tasks, 1)), None)
-            return design.to_features(res.theta)
+            return design.to_features(res.theta), np.ones(len(grid), dtype=bool)
+        screen = score is not None and len(grid) > 2 and self.tol < _SELECT_TOL
         thetas: list[torch.Tensor] = []
         for c in grid:
             starts = list(thetas[-1][:, 0]) if thetas else None
-            res = self._run(design, np.full((n_tasks, 1), c), starts, reduced=True)
+            tol = _SELECT_TOL if screen else None
+            res = self._run(design, np.full((n_tasks, 1), c), starts, reduced=True, tol=tol)
             thetas.append(res.theta)
-        return design.to_features(torch.cat(thetas, dim=1))
+        theta = torch.cat(thetas, dim=1)
+        if not screen:
+            return design.to_features(theta), np.ones(len(grid), dtype=bool)
+        assert score is not None
+        screened = score(design.to_features(theta))  # (T, S)
+        polish = np.zeros(len(grid), dtype=bool)
+        for row in screened:  # each problem's two best (ties to the smaller C) and all within _SELECT_MARGIN
+            order = sorted(range(len(grid)), key=lambda s, row=row: (-row[s], s))
+            polish[order[:2]] = True
+            polish |= row >= row.max() - _SELECT_MARGIN
+        slots = np.flatnonzero(polish)
+        idx = torch.as_tensor(slots, device=theta.device)
+        res = self._run(design, np.tile(np.asarray(grid)[slots], (n_tasks, 1)), None, start=theta[:, idx])
+        theta[:, idx] = res.theta
+        return design.to_features(theta), polish
 
     def _run(
         self,
@@ -901,9 +947,12 @@ class LogisticProbe(TorchClassifier):
         Cs: np.ndarray,
         inits: Sequence[torch.Tensor | None] | None,
         reduced: bool = False,
+        tol: float | None = None,
+        start: torch.Tensor | None = None,
     ) -> _Result:
-        """Minimise the objective of task ``t`` at ``C = Cs[t, s]`` for every slot ``s``, starting from zero or
-        from ``inits[t]`` (rows, d + 1) in feature space (design coordinates when ``reduced``); the result stays
+        """Minimise the objective of task ``t`` at ``C = Cs[t, s]`` for every slot ``s`` to ``tol`` (default
+        ``self.tol``), starting from zero, from ``inits[t]`` (rows, d + 1) in feature space (design coordinates
+        when ``reduced``) in slot 0, or from ``start`` (T, S, rows, p + 1) in design coordinates; the result stays
         in design coordinates."""
         n_tasks, _, p = design.Z.shape
         dev, dtype = design.Z.device, design.Z.dtype
@@ -919,9 +968,11 @@ class LogisticProbe(TorchClassifier):
         if inits is not None and any(init is not None for init in inits):
             d = p if reduced or design.V is None else design.V.shape[1]
             blank = torch.zeros(design.rows, d + 1, dtype=dtype, device=dev)
-            start = torch.stack([blank if init is None else init for init in inits])
-            theta0[:, 0] = start if reduced else design.to_reduced(start[:, None])[:, 0]
-        res = _lbfgs(fun, theta0, int(self.max_iter), float(self.tol))
+            first = torch.stack([blank if init is None else init for init in inits])
+            theta0[:, 0] = first if reduced else design.to_reduced(first[:, None])[:, 0]
+        if start is not None:
+            theta0 = start.clone()
+        res = _lbfgs(fun, theta0, int(self.max_iter), float(self.tol if tol is None else tol))
         capped = res.reason == _MAXITER
         if capped.any():
             logger.warning(
