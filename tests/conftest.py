@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import http.server
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -53,6 +54,15 @@ def make_folder(root: Path, per_class: int = 6, layout: str = "flat", seed: int 
                 p = root / ("test" if i % 3 == 0 else "train") / cls / f"{cls}{i}.png"
             write_image(p, rng, colour=colour)
     return root
+
+
+@pytest.fixture
+def fresh_logging(monkeypatch):
+    """Drop the stderr handler an earlier in-process CLI call installed (its captured stream is closed by now), so
+    log records reach pytest's capture; modules that call ``main()`` many times use it for every test."""
+    logger = logging.getLogger("lifebench")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ elsewhere (no apt, offline) a generated stand-in with the same layout: five clas
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import shutil
@@ -27,11 +26,7 @@ BASE = "open_clip:lbtest-tiny-clip@random:1"
 TUX_CLASSES = ("bird", "fish", "flower", "insect", "mammal")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_logging(monkeypatch):
-    logger = logging.getLogger("lifebench")
-    monkeypatch.setattr(logger, "handlers", [])
-    monkeypatch.setattr(logger, "propagate", True)
+pytestmark = pytest.mark.usefixtures("fresh_logging")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +20,7 @@ A = "open_clip:lbtest-tiny-clip@random:1"
 B = "open_clip:lbtest-tiny-clip@random:2"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_logging(monkeypatch):
-    logger = logging.getLogger("lifebench")
-    monkeypatch.setattr(logger, "handlers", [])
-    monkeypatch.setattr(logger, "propagate", True)
+pytestmark = pytest.mark.usefixtures("fresh_logging")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import http.server
 import json
-import logging
 import re
 import socket
 import threading
@@ -219,12 +218,7 @@ class ChatHandler(http.server.BaseHTTPRequestHandler):
         return self._send(200, json.dumps(reply).encode())
 
 
-@pytest.fixture(autouse=True)
-def _fresh_logging(monkeypatch):
-    """Drop the stderr handler an earlier CLI call installed (its captured stream is closed by now)."""
-    logger = logging.getLogger("lifebench")
-    monkeypatch.setattr(logger, "handlers", [])
-    monkeypatch.setattr(logger, "propagate", True)
+pytestmark = pytest.mark.usefixtures("fresh_logging")
 
 
 @pytest.fixture
