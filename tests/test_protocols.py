@@ -354,6 +354,43 @@ def test_screened_path_chooses_as_exact_path(digits, monkeypatch, seed):
     assert np.mean(screened.predict(X_te) == exact.predict(X_te)) >= 0.995
 
 
+def test_lbfgs_monitor_drops_problems_and_leaves_the_rest(digits):
+    """A monitor may stop a problem mid-run ("dropped", used for out-of-reach C values in the polish); the other
+    problems of the batch go on exactly as without it."""
+    X_tr, _, y_tr, _ = digits
+    design = logreg._design([torch.as_tensor(StandardScaler().fit_transform(X_tr))], [y_tr], [np.ones(y_tr.size)], 10)
+    lam = torch.as_tensor(1.0 / (np.array([[0.1, 10.0]]) * design.totals[:, None]))
+    fun = logreg._Objective(design.Z, design.y, design.w, lam, False)
+    theta0 = torch.zeros(1, 2, 10, 65, dtype=torch.float64)
+    plain = logreg._lbfgs(fun, theta0, 500, 1e-8)
+    seen = []
+
+    def drop_second(theta, running):
+        seen.append(running.clone())
+        return np.array([[False, True]])
+
+    watched = logreg._lbfgs(fun, theta0, 500, 1e-8, monitor=drop_second, every=5)
+    assert seen[0].tolist() == [[True, True]]
+    assert logreg._REASONS[watched.reason[0, 1]] == "dropped" and watched.n_iter[0, 1] == 5
+    assert logreg._REASONS[watched.reason[0, 0]] != "dropped" and plain.n_iter[0, 1] > 5
+    np.testing.assert_allclose(watched.theta[0, 0], plain.theta[0, 0], atol=1e-4)
+
+
+def test_low_precision_phase_ends_at_the_float_fit(digits, monkeypatch, caplog):
+    """A large fit to tol runs its first iterations on bfloat16 products, then finishes in its own precision:
+    it ends at the same solution as a fit without the low-precision phase."""
+    X_tr, X_te, y_tr, _ = digits
+    monkeypatch.setattr(logreg, "_PATH_MACS", 0)
+    monkeypatch.setattr(logreg, "_low_precision", lambda device: None)
+    plain = LogisticProbe(C=1.0, dtype="float64", tol=1e-8).fit(X_tr, y_tr)
+    monkeypatch.setattr(logreg, "_low_precision", lambda device: torch.bfloat16)
+    with caplog.at_level(logging.DEBUG, logger="lifebench.protocols.logreg"):
+        mixed = LogisticProbe(C=1.0, dtype="float64", tol=1e-8).fit(X_tr, y_tr)
+    assert "low-precision phase" in caplog.text
+    np.testing.assert_allclose(mixed.predict_proba(X_te), plain.predict_proba(X_te), atol=1e-4)
+    assert np.mean(mixed.predict(X_te) == plain.predict(X_te)) >= 0.995
+
+
 # ---------------------------------------------------------------- many binary tasks at once
 
 

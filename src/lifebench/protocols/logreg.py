@@ -22,8 +22,17 @@ Why this design
   previous one: on a CPU a large problem is bound by arithmetic, and warm starts need about half the
   iterations of cold ones. The walk only screens (every ``C`` to scikit-learn's default tolerance 1e-4); the
   best-screened ``C`` values are then polished to ``tol`` together and the choice is made among those: the
-  last digits of a fit are its costly part, and only the contenders need them. The rule looks only at the
-  problem's size, never the device, so a CPU and a GPU choose the same ``C``.
+  last digits of a fit are its costly part, and only the contenders need them. A contender whose held-out
+  score falls far behind the best one's during the polish (``_DROP_MARGIN``) stops there and is out. The
+  path rule looks only at the problem's size, never the device.
+* **Low-precision products where they are native.** On hardware that multiplies bfloat16 natively (AMX or
+  AVX512-BF16 CPUs, CUDA GPUs with bfloat16), a large problem's screen uses bfloat16 copies of the rows
+  and weights (float32 accumulation; loss and gradient assembled in the working precision): about 5x faster
+  products on one AMX core, and the screen only ranks ``C`` values. Every large fit to ``tol`` (polish,
+  refit, a given ``C``) first runs to the screen's tolerance that way, then finishes in the working
+  precision, so it ends where a fit without the first phase ends (the objective has one minimum); only the
+  polish's contenders can differ from a device without bfloat16, and the choice is made on full-precision
+  fits.
 * **Row-space coordinates when n < D.** With fewer training rows than features, the weights that matter
   lie in the span of the rows (the penalty zeroes the rest), so the problem is solved exactly in the
   ``rank``-dimensional coordinates of a thin SVD and mapped back: a 129 x 3072 problem costs as a
@@ -79,6 +88,11 @@ _SELECT_TOL = 1e-4
 #: by up to a few thousandths, and a warm start already within 1e-4 screens with its predecessor's score, so
 #: near-ties are ranked on exact fits
 _SELECT_MARGIN = 0.005
+#: a polished contender whose held-out score falls more than this behind the best contender's (checked every
+#: ``_DROP_EVERY`` iterations) stops polishing and cannot be chosen: mid-polish scores move by up to about 0.012
+#: before they settle (docs/performance.md), so twice ``_SELECT_MARGIN`` drops only C values out of reach
+_DROP_MARGIN = 0.01
+_DROP_EVERY = 10
 #: Stop when an iteration lowers the objective by less than this relative amount. float64: scikit-learn's
 #: value. float32: the loss terms are rounded to ~1e-7 relative, so smaller decreases (which float64
 #: accumulation can still see) only chase rounding; iterating on costs many iterations and moves no prediction.
@@ -97,6 +111,18 @@ def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
 
 def _accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(y_true == y_pred))
+
+
+def _low_precision(device: torch.device) -> torch.dtype | None:
+    """bfloat16 where the hardware multiplies it natively (a CUDA GPU with bfloat16, a CPU with AVX512-BF16 or
+    AMX), else None: elsewhere bfloat16 products are emulated and slower than float32 ones."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu":
+        return None
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return torch.bfloat16 if any(check is not None and check() for check in checks) else None
 
 
 def _stratified_holdout(
@@ -161,14 +187,22 @@ class _Objective:
     codes ``y[t]`` and normalised example weights ``w[t]`` (summing to 1; 0 marks padding), and slot ``s`` is
     one regularisation strength ``lam[t, s]`` on them. For every problem with parameters ``theta = [W | b]``
     (``rows`` x (p + 1)) the value is ``sum_i w_i CE_i + lam / 2 ||W||^2`` (scikit-learn's objective divided by
-    the total sample weight).
+    the total sample weight). With ``Zlow`` (the same rows in bfloat16) set, both matrix products run in that
+    precision (the weights rounded to it too); everything else stays in ``Z``'s.
     """
 
     def __init__(
-        self, Z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: torch.Tensor, binary: bool
+        self,
+        Z: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        lam: torch.Tensor,
+        binary: bool,
+        Zlow: torch.Tensor | None = None,
     ) -> None:
         self.Z, self.y, self.w, self.lam, self.binary = Z, y, w, lam, binary
         self.yf = y.to(Z.dtype) if binary else None
+        self.Zlow = Zlow
         self._minus_one = torch.tensor(-1.0, dtype=Z.dtype, device=Z.device)
 
     def select(self, tasks: torch.Tensor | None, slots: torch.Tensor | None) -> _Objective:
@@ -176,7 +210,7 @@ class _Objective:
         sub = _Objective.__new__(_Objective)
         sub.__dict__.update(self.__dict__)
         if tasks is not None:
-            for name in ("Z", "y", "w", "lam", "yf"):
+            for name in ("Z", "y", "w", "lam", "yf", "Zlow"):
                 value = getattr(sub, name)
                 if value is not None:
                     setattr(sub, name, value.index_select(0, tasks))
@@ -195,9 +229,12 @@ class _Objective:
         chunk = max(1, _BLOCK_ELEMS // (n_tasks * n_slots * rows))
         loss = torch.zeros(n_tasks, n_slots, dtype=torch.float64, device=Z.device)
         gW = gb = None
+        low = self.Zlow
+        if low is not None:
+            b, Wt = b.to(low.dtype), Wt.to(low.dtype)
         for sl in iter_row_chunks(m, chunk):
-            Zc, wc = Z[:, sl], w[:, sl, None]
-            logits = torch.baddbmm(b, Zc, Wt)  # (T, mc, S * rows)
+            Zc, wc = (Z if low is None else low)[:, sl], w[:, sl, None]
+            logits = torch.baddbmm(b, Zc, Wt).to(Z.dtype)  # (T, mc, S * rows)
             if self.binary:
                 yc = self.yf[:, sl, None]
                 per = torch.nn.functional.softplus(logits).sub_(yc * logits)
@@ -213,11 +250,14 @@ class _Objective:
                 G = logp.exp_()
                 G.scatter_add_(3, yc, self._minus_one.expand(yc.shape))
                 G = G.mul_(wc[..., None]).view(n_tasks, -1, n_slots * rows)
-            Gt = G.transpose(1, 2)
+            Gt = G.transpose(1, 2) if low is None else G.to(low.dtype).transpose(1, 2)
             if gW is None:
-                gW, gb = torch.bmm(Gt, Zc), G.sum(1)
-            else:
+                gW, gb = torch.bmm(Gt, Zc).to(Z.dtype), G.sum(1)
+            elif low is None:
                 gW.baddbmm_(Gt, Zc)
+                gb += G.sum(1)
+            else:
+                gW += torch.bmm(Gt, Zc)
                 gb += G.sum(1)
         assert gW is not None and gb is not None
         lam = self.lam[..., None, None]
@@ -229,8 +269,8 @@ class _Objective:
 # ---------------------------------------------------------------------------------------------------------
 # batched L-BFGS
 
-_RUNNING, _GTOL, _FTOL_STOP, _LINESEARCH, _MAXITER = 0, 1, 2, 3, 4
-_REASONS = ("running", "gtol", "ftol", "linesearch", "max_iter")
+_RUNNING, _GTOL, _FTOL_STOP, _LINESEARCH, _MAXITER, _DROPPED = 0, 1, 2, 3, 4, 5
+_REASONS = ("running", "gtol", "ftol", "linesearch", "max_iter", "dropped")
 
 
 def _dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -245,7 +285,15 @@ class _Result:
     reason: np.ndarray  # (T, S) why each problem stopped: codes into _REASONS
 
 
-def _lbfgs(fun: _Objective, theta0: torch.Tensor, max_iter: int, gtol: float, history: int = 10) -> _Result:
+def _lbfgs(
+    fun: _Objective,
+    theta0: torch.Tensor,
+    max_iter: int,
+    gtol: float,
+    history: int = 10,
+    monitor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    every: int = _DROP_EVERY,
+) -> _Result:
     """Minimise every problem of ``fun`` from ``theta0`` (T, S, rows, p + 1) with L-BFGS.
 
     Each problem is treated exactly as if it were solved alone: its own curvature pairs (kept only when
@@ -253,7 +301,8 @@ def _lbfgs(fun: _Objective, theta0: torch.Tensor, max_iter: int, gtol: float, hi
     its largest gradient entry is at most ``gtol`` ("gtol"), when an iteration lowers its value by less than
     ``_FTOL`` relatively ("ftol"), when no step lowers it ("linesearch": the arithmetic's limit) or after
     ``max_iter`` iterations. A stopped problem is frozen, and the tasks and slots in which every problem has
-    stopped leave the computation.
+    stopped leave the computation. Every ``every`` iterations, ``monitor(theta, running)`` (the current (T, S)
+    grid and which of its problems still run) may stop problems early ("dropped"): returns a (T, S) mask.
 
     Host syncs: one small read-back per function evaluation (the line-search verdict and the number of
     problems still running), so a GPU is never stalled by per-problem checks.
@@ -287,7 +336,7 @@ def _lbfgs(fun: _Objective, theta0: torch.Tensor, max_iter: int, gtol: float, hi
         out_iter[grid] = iters
         out_why[grid] = why
 
-    for _ in range(max_iter):
+    for it in range(max_iter):
         if n_active == 0:
             break
         # two-loop recursion, d = -H g, every problem with its own pairs (rho = 0 marks a skipped pair)
@@ -349,6 +398,14 @@ def _lbfgs(fun: _Objective, theta0: torch.Tensor, max_iter: int, gtol: float, hi
         has_pairs |= valid
         iters += accepted
         x, f, g, active = x_new, f_new, g_new, still
+        if monitor is not None and n_still and (it + 1) % every == 0:
+            store()
+            stop = torch.as_tensor(monitor(out, out_why == _RUNNING), device=dev)
+            stop = stop.index_select(0, task_ids).index_select(1, slot_ids) & active
+            if stop.any():
+                why = torch.where(stop, _DROPPED, why)
+                active = active & ~stop
+                n_still = int(active.sum())
         if 0 < n_still < n_active:
             store()
             keep_t = active.any(1).nonzero()[:, 0]
@@ -393,11 +450,19 @@ class _Design:
     totals: np.ndarray  # (T,) total example weight of each task
     V: torch.Tensor | None
     rows: int
+    _low: torch.Tensor | bool | None = None
 
     @property
     def macs(self) -> int:
         """Multiply-adds of one function evaluation of one problem (logits and gradient)."""
         return 2 * self.Z.shape[1] * self.Z.shape[2] * self.rows
+
+    def low(self) -> torch.Tensor | None:
+        """``Z`` in the device's fast low precision (made once), or None where it has none: see ``_run``."""
+        if self._low is None:
+            dtype = _low_precision(self.Z.device) if self.macs > _PATH_MACS else None
+            self._low = False if dtype is None else self.Z.to(dtype)
+        return None if self._low is False else self._low
 
     def to_reduced(self, theta: torch.Tensor) -> torch.Tensor:
         """(T, S, rows, d + 1) parameters in feature space -> the design's coordinates."""
@@ -499,7 +564,8 @@ class LogisticProbe(TorchClassifier):
         ``C``, so half-decade steps lose little. A small problem solves the whole grid from scratch as one
         batched problem to ``tol``; a large one walks it warm-started, screening every ``C`` at tolerance 1e-4
         and polishing the best-screened ones (the two best and any within 0.005) to ``tol``, among which it
-        chooses (see the module docstring). ``val_scores_`` then holds screened scores for the other ``C``.
+        chooses; a contender falling over 0.01 behind the best during the polish is dropped (see the module
+        docstring). ``val_scores_`` then holds screened (or partly polished) scores for the other ``C``.
     val_fraction : float
         Share of each class held out for choosing ``C`` on training sets of ``cv_below`` examples or more (a class
         keeps at least one example for fitting).
@@ -825,7 +891,7 @@ class LogisticProbe(TorchClassifier):
                 for j, (t, f) in enumerate(batch):
                     fold_scores[t][f] = batch_scores[j]
                     theta_sum[t] = theta[j].clone() if t not in theta_sum else theta_sum[t] + theta[j]
-                    eligible[t] = eligible.get(t, np.zeros(len(grid), dtype=bool)) | exact
+                    eligible[t] = eligible.get(t, np.zeros(len(grid), dtype=bool)) | exact[j]
             for t in splits:
                 mean = fold_scores[t].mean(axis=0)
                 scores[t] = {c: float(mean[s]) for s, c in enumerate(grid)}
@@ -903,7 +969,8 @@ class LogisticProbe(TorchClassifier):
         self, design: _Design, grid: list[float], score: Callable[[torch.Tensor], np.ndarray] | None = None
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Fit every task of ``design`` at every ``C`` of ``grid``: (T, S, rows, d + 1) in feature space, and which
-        ``C`` values (S,) were fit to ``tol`` (the others only to ``_SELECT_TOL``; only those may be chosen).
+        ``C`` values (T, S) were fit to ``tol`` (the others only to ``_SELECT_TOL``, or dropped from the polish as
+        out of reach; only those fit to ``tol`` may be chosen).
 
         Small problems are solved as one batched problem to ``tol``. Large ones (a big task, or the folds of one)
         walk the grid from strong to weak regularisation, each fit warm-started from the previous one. Given
@@ -917,17 +984,17 @@ class LogisticProbe(TorchClassifier):
         n_tasks = design.Z.shape[0]
         if design.macs <= _PATH_MACS:
             res = self._run(design, np.tile(grid, (n_tasks, 1)), None)
-            return design.to_features(res.theta), np.ones(len(grid), dtype=bool)
+            return design.to_features(res.theta), np.ones((n_tasks, len(grid)), dtype=bool)
         screen = score is not None and len(grid) > 2 and self.tol < _SELECT_TOL
         thetas: list[torch.Tensor] = []
         for c in grid:
             starts = list(thetas[-1][:, 0]) if thetas else None
             tol = _SELECT_TOL if screen else None
-            res = self._run(design, np.full((n_tasks, 1), c), starts, reduced=True, tol=tol)
+            res = self._run(design, np.full((n_tasks, 1), c), starts, reduced=True, tol=tol, low=screen)
             thetas.append(res.theta)
         theta = torch.cat(thetas, dim=1)
         if not screen:
-            return design.to_features(theta), np.ones(len(grid), dtype=bool)
+            return design.to_features(theta), np.ones((n_tasks, len(grid)), dtype=bool)
         assert score is not None
         screened = score(design.to_features(theta))  # (T, S)
         polish = np.zeros(len(grid), dtype=bool)
@@ -937,9 +1004,20 @@ class LogisticProbe(TorchClassifier):
             polish |= row >= row.max() - _SELECT_MARGIN
         slots = np.flatnonzero(polish)
         idx = torch.as_tensor(slots, device=theta.device)
-        res = self._run(design, np.tile(np.asarray(grid)[slots], (n_tasks, 1)), None, start=theta[:, idx])
+
+        def hopeless(current: torch.Tensor, running: torch.Tensor) -> np.ndarray:
+            """Contenders (T, slots) scoring over ``_DROP_MARGIN`` below their problem's best contender now."""
+            now = score(design.to_features(current))
+            logger.debug("polish scores %s (running %s)", np.round(now, 4).tolist(), running.tolist())
+            return now < now.max(axis=1, keepdims=True) - _DROP_MARGIN
+
+        res = self._run(
+            design, np.tile(np.asarray(grid)[slots], (n_tasks, 1)), None, start=theta[:, idx], monitor=hopeless
+        )
         theta[:, idx] = res.theta
-        return design.to_features(theta), polish
+        exact = np.zeros((n_tasks, len(grid)), dtype=bool)
+        exact[:, slots] = res.reason != _DROPPED
+        return design.to_features(theta), exact
 
     def _run(
         self,
@@ -949,11 +1027,16 @@ class LogisticProbe(TorchClassifier):
         reduced: bool = False,
         tol: float | None = None,
         start: torch.Tensor | None = None,
+        monitor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        low: bool = False,
     ) -> _Result:
         """Minimise the objective of task ``t`` at ``C = Cs[t, s]`` for every slot ``s`` to ``tol`` (default
         ``self.tol``), starting from zero, from ``inits[t]`` (rows, d + 1) in feature space (design coordinates
         when ``reduced``) in slot 0, or from ``start`` (T, S, rows, p + 1) in design coordinates; the result stays
-        in design coordinates."""
+        in design coordinates. ``low``: a screen, all on low-precision products where the device has them.
+        Otherwise a large fit to a tolerance below the screen's first runs to ``_SELECT_TOL`` on them (up to
+        ``max_iter`` iterations), then to ``tol`` in full precision (``n_iter`` counts this second phase).
+        ``monitor`` is passed to :func:`_lbfgs` for the full-precision phase."""
         n_tasks, _, p = design.Z.shape
         dev, dtype = design.Z.device, design.Z.dtype
         lam = 1.0 / (Cs * design.totals[:, None])
@@ -963,6 +1046,7 @@ class LogisticProbe(TorchClassifier):
             design.w,
             torch.as_tensor(lam, dtype=dtype, device=dev),
             binary=design.rows == 1,
+            Zlow=design.low() if low else None,  # a screen: low precision only
         )
         theta0 = torch.zeros(n_tasks, Cs.shape[1], design.rows, p + 1, dtype=dtype, device=dev)
         if inits is not None and any(init is not None for init in inits):
@@ -972,7 +1056,14 @@ class LogisticProbe(TorchClassifier):
             theta0[:, 0] = first if reduced else design.to_reduced(first[:, None])[:, 0]
         if start is not None:
             theta0 = start.clone()
-        res = _lbfgs(fun, theta0, int(self.max_iter), float(self.tol if tol is None else tol))
+        gtol = float(self.tol if tol is None else tol)
+        if not low and gtol < _SELECT_TOL and design.low() is not None:
+            # a large fit to tol: low-precision products take it to the screen's tolerance, float32 ones finish
+            fun.Zlow = design.low()
+            first = _lbfgs(fun, theta0, int(self.max_iter), _SELECT_TOL)
+            logger.debug("low-precision phase: L-BFGS iterations %s", first.n_iter.tolist())
+            theta0, fun.Zlow = first.theta, None
+        res = _lbfgs(fun, theta0, int(self.max_iter), gtol, monitor=monitor)
         capped = res.reason == _MAXITER
         if capped.any():
             logger.warning(
