@@ -118,6 +118,12 @@ NUMERIC = {  # command prefix -> numeric options -> bad values
     "export": (["export", "--out", "p.csv"], {"--resamples": ["10"], "--seed": [str(2**70)],
                                               "--bootstrap-seed": ["-1"], "--confidence": ["0"]}),
     "sweep": (["sweep", "sweep.toml"], {"--processes": ["0", str(10**6), "gpu"]}),
+    "finetune": (["finetune", "timm:resnet18@random", "--task", "data", "--out", "m.safetensors"],
+                 {"--steps": [str(10**12)], "--epochs": [str(10**9)], "--label-smoothing": ["2", "nan"],
+                  "--seed": [str(2**70)], "--checkpoint-every": ["0"], "--batch-size": ["1"], "--warmup-steps": ["-1"],
+                  "--workers": [str(10**6)]}),
+    "forgetting": (["forgetting", "a", "b", "--target", "data"], {"--budget": ["-1", "nan", "5"],
+                                                                  "--resamples": [str(10**12)]}),
 }
 for _cmd, (_prefix, _options) in NUMERIC.items():
     for _option, _values in _options.items():
@@ -176,6 +182,31 @@ case("run config wrong type", "config")(lambda w, b: [*RUN, "--config",
                                                       str(text_file(w, "c.toml", 'seeds = "zero"\n'))])
 case("run device tpu")(lambda w, b: [*RUN[:4], str(b / "data"), "--device", "tpu"])
 case("run decode bad choice")(lambda w, b: [*RUN, "--decode", "fast"])
+case("run task path with a newline")(lambda w, b: [*RUN[:4], str(w / "a\nb")])  # the error stays one line
+case("report store path with an escape sequence")(lambda w, b: ["report", "--store", str(w / "a\x1b[31mb")])
+case("export out with NUL")(lambda w, b: ["export", "--store", str(store(w, b)), "--out", f"{w}/a\0b.csv"])
+case("demo out with NUL")(lambda w, b: ["demo", "--synthetic", "--out", f"{w}/a\0b"])
+
+
+@case("run store is a symlink loop")  # refused, and the user's links are kept
+def _(w, b):
+    os.symlink(w / "s2.sqlite", w / "s.sqlite")
+    os.symlink(w / "s.sqlite", w / "s2.sqlite")
+    return [*RUN[:4], str(b / "data"), "--store", str(w / "s.sqlite")]
+
+
+@case("run decompression bomb", "images")
+def _(w, b):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    d = make_folder(w / "d", per_class=3)  # a 50000 x 50000 PNG header (2.5 gigapixels) over a few bytes
+    (d / "ant" / "ant0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 50000, 1, 0, 0, 0, 0))
+                                     + chunk(b"IDAT", zlib.compress(bytes(1000))) + chunk(b"IEND", b""))
+    return [*RUN[:4], str(d), "--store", str(w / "r.sqlite"), "--workers", "0", "--no-cache"]
 
 
 @case("run class folder not UTF-8", "tasks")
@@ -280,6 +311,7 @@ case("merge source is a folder")(lambda w, b: ["merge", str(w / "into.sqlite"), 
 case("merge into is a folder")(lambda w, b: ["merge", str(w), str(store(w, b))])
 case("merge into is a text file")(lambda w, b: ["merge", str(text_file(w, "i.sqlite")), str(store(w, b))])
 case("merge no sources")(lambda w, b: ["merge", str(w / "into.sqlite")])
+case("merge store into itself")(lambda w, b: ["merge", str(store(w, b)), str(w / "." / "s.sqlite")])
 
 # microscopy-report
 case("microscopy-report store missing")(lambda w, b: ["microscopy-report", "--store", str(w / "none.sqlite")])
@@ -490,9 +522,41 @@ def test_bad_input_process(cid, base, tmp_path):
     assert verdict.startswith("ok"), (PROCESS_OWNERS.get(cid, "cli"), verdict, res.stderr[-2000:])
 
 
+HOLD_LOCK = """import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_store_locked_by_another_writer(base, tmp_path, monkeypatch, capsys):
+    """Another process holds the store's write lock past the busy timeout (1 s here, 30 s by default): run says so
+    in one line (it was SQLite's "database is locked" with a traceback) and writes nothing."""
+    import lifebench.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 1.0)
+    w = tmp_path / "w"
+    w.mkdir()
+    data = make_folder(w / "d", per_class=3, seed=5)
+    s = store(w, base)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(s)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(tmp_path, base)
+        code = main(["-q", *RUN[:4], str(data), "--store", str(s), "--workers", "0", "--no-report"])
+        out, err = capsys.readouterr()
+        verdict = _check("store locked by another writer", code, out, err, before, snapshot(tmp_path, base))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert verdict.startswith("ok"), ("store", verdict)
+    assert "stayed locked by another process for 1 s" in err, err
+
+
 def test_summary(request):
     """Runs last (file order): prints the corpus counts for ``pytest -s``."""
-    cases = len(CASES) + len(FULL) + len(PROCESS_CASES)
+    cases = len(CASES) + len(FULL) + len(PROCESS_CASES) + 1  # + test_store_locked_by_another_writer
     failing = {k: v for k, v in RESULTS.items() if v != "ok"}
     tracebacks = sum("traceback" in v for v in failing.values())
     leftovers = sum("leftovers" in v for v in failing.values())
@@ -502,3 +566,15 @@ def test_summary(request):
     for k, v in failing.items():
         print(f"  FAIL {k}: {v}")
     assert cases >= 150
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan", "0.5", ""])
+def test_a_bad_lease_variable_is_one_line_before_anything_runs(value, base, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIFEBENCH_LEASE_S", value)
+    before = snapshot(tmp_path, base)
+    assert main(["-q", "run", "--model", "pixels", "--task", str(base / "data"), "--store", "r.sqlite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lifebench: error: LIFEBENCH_LEASE_S={value!r} is not a number of seconds >= 1; set it to the "
+                   "seconds a claim lives without a heartbeat (default 600) or unset it"]
+    assert snapshot(tmp_path, base) == before

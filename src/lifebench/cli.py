@@ -112,6 +112,7 @@ def _at_least(low: int) -> Callable[[str], int]:
 SEED = _bounded(0, 2**32 - 1, hint=" (numpy's seed range)")
 FRACTION = _bounded(0, 1, kind=float, exclusive=True)
 MAX_RESAMPLES = 1_000_000  # 4 bytes x resamples x test images are held at once: 4 GB at 1000 images
+MAX_STEPS = 10_000_000  # fine-tuning epochs or steps: beyond this a typo (an extra 0 or 1e12) would run for years
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -377,23 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="open_clip:ARCH/TAG, open_clip:ARCH@CKPT|random, or timm:NAME[@...]")
     p.add_argument("--task", required=True, metavar="TASK", help="a task name, folder or manifest (as for 'run')")
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="the .safetensors file to write")
-    p.add_argument("--epochs", type=_at_least(1), default=10, help="passes over the training split (default 10)")
-    p.add_argument("--steps", type=_at_least(1), default=None, help="optimizer steps instead of --epochs")
-    p.add_argument("--batch-size", type=_at_least(2), default=32, help="images per step (default 32)")
+    p.add_argument("--epochs", type=_bounded(1, MAX_STEPS), default=10, help="passes over the training split (default 10)")
+    p.add_argument("--steps", type=_bounded(1, MAX_STEPS), default=None, help="optimizer steps instead of --epochs")
+    p.add_argument("--batch-size", type=_bounded(2, 65536), default=32, help="images per step (default 32)")
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate of AdamW (default 1e-5)")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1, as wise-ft)")
-    p.add_argument("--warmup-steps", type=_at_least(0), default=None,
+    p.add_argument("--warmup-steps", type=_bounded(0, MAX_STEPS), default=None,
                    help="linear warmup before the cosine decay (default: 10%% of the steps, at most 500)")
     p.add_argument("--text-type", default="mixed", choices=["mixed", *TEXT_TYPES],
                    help="open_clip captions: mixed (BioCLIP: one of sci, com, taxon, sci_com, taxon_com per step; "
                    "default) or one text type")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="timm classification loss (default 0.1)")
-    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the data order, flips and new head (default 0)")
-    p.add_argument("--checkpoint-every", type=_at_least(1), default=50, help="steps between checkpoints (default 50)")
+    p.add_argument("--label-smoothing", type=_bounded(0, 1, kind=float), default=0.1, help="timm classification loss (default 0.1)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the data order, flips and new head (default 0)")
+    p.add_argument("--checkpoint-every", type=_bounded(1, MAX_STEPS), default=50, help="steps between checkpoints (default 50)")
     p.add_argument("--restart", action="store_true", help="discard a resumable checkpoint of this --out and start over")
     p.add_argument("--data-root", type=Path, default=None, help="data root of benchmark tasks (as for 'run')")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--workers", type=_at_least(0), default=0, help="image decoding processes (default 0)")
+    p.add_argument("--workers", type=_bounded(0, 512), default=0, help="image decoding processes (default 0)")
     p.add_argument("--skip-bad-images", action="store_true", help=argparse.SUPPRESS)
     _add_task_options(p)
 
@@ -410,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeatable")
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="alphas: 0,0.5,1 or start:stop:step "
                    "(default 0,0.25,0.5,0.75,1)")
-    p.add_argument("--budget", type=float, default=0.01,
+    p.add_argument("--budget", type=_bounded(0, 1, kind=float), default=0.01,
                    help="the most forgetting (base minus model, per suite) the best alpha may cost (default 0.01)")
     p.add_argument("--data-root", type=Path, default=None, help="data root of benchmark tasks (as for 'run')")
     p.add_argument("--store", type=Path, default=None, help="results database (default as for 'run')")
@@ -739,7 +740,8 @@ def _new_store_removed_on_error(store_path: str | os.PathLike[str]) -> Iterator[
     """Remove the store (and the folders made for it) that this command created, when the command fails before
     writing any experiment: a failed run leaves nothing behind."""
     path = Path(store_path)
-    made = [] if path.exists() else [p for p in (path, *path.parents) if not p.exists()]
+    # lexists: a symlink (even a dangling or looping one) is the user's, never this command's to remove
+    made = [] if os.path.lexists(path) else [p for p in (path, *path.parents) if not os.path.lexists(p)]
     try:
         yield
     except BaseException:
@@ -950,6 +952,9 @@ def cmd_merge(args) -> int:
 
     for src in args.sources:  # every source readable before anything is written: no half-done merge
         Store(src, create=False).close()
+        if os.path.exists(args.into) and os.path.samefile(src, args.into):
+            raise ConfigError(f"merge source {src} is the store being merged into ({args.into}); "
+                              "name another store to copy from")
     with Store(args.into) as store:
         for src in args.sources:
             added, already = store.merge(src)
@@ -1286,22 +1291,36 @@ def _check_output_folders(args) -> None:
             raise ConfigError(f"{option} {value}: the folder {existing} is not writable; pass a writable folder")
 
 
+def _error(message: object) -> None:
+    """Print ``lifebench: error: MESSAGE`` on one line: a newline, tab or escape sequence inside a value the
+    message names (a path can hold any of them) is shown escaped, so that the error stays one readable line."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+    print(f"lifebench: error: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if argv is not None and (bad := next((a for a in argv if "\0" in str(a)), None)) is not None:
+        # only a caller of main() can pass one (a process's arguments cannot hold NUL); every path use would fail
+        _error(f"argument {str(bad)[:100]!r} holds a NUL character, which no path or value may contain; remove it")
+        return 2
     try:
         args = parser.parse_args(argv)
     except LifebenchError as e:  # a bad run --config file
-        print(f"lifebench: error: {e}", file=sys.stderr)
+        _error(e)
         return e.exit_code
     if not args.command:
         parser.print_help()
         return 2
     _setup_logging(args.verbose, args.quiet)
     try:
+        from lifebench.store.sqlite import lease_from_env
+
+        lease_from_env()  # a bad $LIFEBENCH_LEASE_S is one line here, before anything runs
         _check_output_folders(args)
         return COMMANDS[args.command](args)
     except LifebenchError as e:
-        print(f"lifebench: error: {e}", file=sys.stderr)
+        _error(e)
         return e.exit_code
     except BrokenPipeError:  # output piped into a reader that stopped (head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -1309,12 +1328,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # permission denied, disk full, ...: the user's environment, not a lifebench bug
         where = f": {e.filename}" if e.filename else ""
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):  # files are written atomically: none is half there
-            print(f"lifebench: error: the disk is full or the file too large ({e.strerror}) writing "
-                  f"{e.filename or 'an output file'}; nothing was half-written: free space (or raise the file-size "
-                  "limit) and rerun", file=sys.stderr)
+            _error(f"the disk is full or the file too large ({e.strerror}) writing {e.filename or 'an output file'}; "
+                   "nothing was half-written: free space (or raise the file-size limit) and rerun")
         else:
-            print(f"lifebench: error: {e.strerror or e}{where}; check the path and its permissions or free space",
-                  file=sys.stderr)
+            _error(f"{e.strerror or e}{where}; check the path and its permissions or free space")
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into it by the runner (a cluster's preemption)
         print("lifebench: interrupted; finished experiments and cache entries are kept", file=sys.stderr)

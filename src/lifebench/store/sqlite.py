@@ -34,6 +34,7 @@ import functools
 import io
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -66,11 +67,24 @@ distinct values, several times smaller than fixed-width strings; version 2 blobs
 BUSY_TIMEOUT_S = 30.0
 
 
+def lease_from_env() -> float:
+    """``$LIFEBENCH_LEASE_S`` in seconds (600 when unset); ConfigError naming the value when it is no number of
+    seconds >= 1. The CLI calls it before a command runs, so a bad value is one line and exit 2."""
+    text = os.environ.get("LIFEBENCH_LEASE_S", "600")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"LIFEBENCH_LEASE_S={text!r} is not a number of seconds >= 1; set it to the seconds a "
+                          "claim lives without a heartbeat (default 600) or unset it")
+    return value
+
+
 def _lease_s() -> float:
     try:
-        return max(1.0, float(os.environ.get("LIFEBENCH_LEASE_S", 600)))
-    except ValueError:
-        logger.warning("LIFEBENCH_LEASE_S=%r is not a number of seconds; using 600", os.environ["LIFEBENCH_LEASE_S"])
+        return lease_from_env()
+    except ConfigError:  # importing never fails: the CLI reports the bad value before any command runs
         return 600.0
 
 
@@ -153,6 +167,16 @@ def _is_full(exc: BaseException) -> bool:
     name = getattr(exc, "sqlite_errorname", "") or ""
     return name == "SQLITE_FULL" or name.startswith("SQLITE_IOERR") or any(
         m in str(exc) for m in ("database or disk is full", "disk I/O error"))
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """Whether SQLite gave up waiting (``BUSY_TIMEOUT_S``) for another process's write lock."""
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+def _locked_error(path: Path) -> ConfigError:
+    return ConfigError(f"results store {path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s; "
+                       "retry when that process has finished writing")
 
 
 def _full_error(path: Path, what: str, nbytes: int, exc: BaseException) -> StoreFullError:
@@ -525,10 +549,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             conn.close()
             if "locked" in str(exc):
-                raise ConfigError(
-                    f"results store {path} stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s; "
-                    "retry when that process has finished writing"
-                ) from exc
+                raise _locked_error(path) from exc
             raise ConfigError(
                 f"results store {path} cannot be used ({exc}); it must be a lifebench SQLite file in a "
                 "writable folder: pass another path or move this file away"
@@ -569,6 +590,16 @@ class Store:
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            raise
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``: the write lock, waited for up to ``BUSY_TIMEOUT_S`` while another process holds it
+        (then a one-line error instead of SQLite's bare "database is locked")."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_locked(exc):
+                raise _locked_error(self.path) from exc
             raise
 
     @property
@@ -622,7 +653,7 @@ class Store:
         }  # fmt: skip
         blob = preds.to_bytes()
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             row = conn.execute(
                 "SELECT id FROM experiments WHERE config_hash = ?", (exp.config_hash,)
@@ -690,7 +721,7 @@ class Store:
         """
         now = time.time()
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             row = conn.execute("SELECT owner, heartbeat_at FROM claims WHERE config_hash = ?", (config_hash,)).fetchone()
             stored = not replace and conn.execute("SELECT 1 FROM experiments WHERE config_hash = ?",
@@ -725,6 +756,9 @@ class Store:
         try:
             self.conn.execute(f"DELETE FROM claims WHERE {where}", params)
         except sqlite3.Error as exc:
+            if _is_locked(exc):  # a claim of this host ends with its process anyway; the caller's error is the news
+                logger.info("could not release the claims of %s in %s (%s)", owner, self.path, exc)
+                return
             if not _is_full(exc):
                 raise
             logger.warning("could not release the claims of %s in %s (%s); they end when this process does",
@@ -736,6 +770,8 @@ class Store:
             self.conn.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?)",
                               (config_hash, label, owner, error[:2000], time.time()))
         except sqlite3.Error as exc:
+            if _is_locked(exc):
+                raise _locked_error(self.path) from exc
             if not _is_full(exc):
                 raise
             raise _full_error(self.path, f"the failure of {label}", len(error[:2000]) + len(label), exc) from exc
