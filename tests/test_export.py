@@ -147,3 +147,18 @@ def test_export_errors_are_one_line(store_path: Path, tmp_path: Path) -> None:
     (tmp_path / "p.experiments.json").unlink()
     with pytest.raises(DataError, match="p.experiments.json"):
         read_predictions(tmp_path / "p.csv")
+
+
+def test_a_damaged_export_or_sidecar_is_one_line(store_path: Path, tmp_path: Path) -> None:
+    # before: a truncated sidecar raised JSONDecodeError, a non-UTF-8 one UnicodeDecodeError (tracebacks)
+    export(store_path, tmp_path / "p.csv")
+    side = tmp_path / "p.experiments.json"
+    side.write_text('{"schema": ')
+    with pytest.raises(DataError, match=r"p\.experiments\.json is not valid JSON \(Expecting value: line 1"):
+        read_predictions(tmp_path / "p.csv")
+    side.write_bytes(b"\xff\xfe")
+    with pytest.raises(DataError, match=r"p\.experiments\.json is not UTF-8 text \(byte 0xff at offset 0, line 1\)"):
+        read_predictions(tmp_path / "p.csv")
+    (tmp_path / "q.json").write_bytes(b"[" * 100_000)
+    with pytest.raises(DataError, match=r"q\.json: not valid JSON \(maximum recursion depth"):
+        read_predictions(tmp_path / "q.json")

@@ -104,11 +104,6 @@ def _processes(text: str) -> int | str:
     return text if text == "gpus" else _bounded(1, 1024, hint=' or "gpus"')(text)
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``low``."""
-    return _bounded(low)
-
-
 SEED = _bounded(0, 2**32 - 1, hint=" (numpy's seed range)")
 FRACTION = _bounded(0, 1, kind=float, exclusive=True)
 MAX_RESAMPLES = 1_000_000  # 4 bytes x resamples x test images are held at once: 4 GB at 1000 images
@@ -166,7 +161,7 @@ def _add_output_format_options(p: argparse.ArgumentParser) -> None:
                    help="how the leaderboard is printed to standard output: table (aligned text, default), json, csv "
                    "(one row per cell, the columns of leaderboard.csv) or md; with json, csv and md standard output "
                    "holds only the leaderboard, so it can be piped (the files written are named on standard error)")
-    p.add_argument("--limit", type=_at_least(1), default=None, metavar="N",
+    p.add_argument("--limit", type=_bounded(1), default=None, metavar="N",
                    help="print only the first N models (best first by mean score) for a quick look; the files "
                    "written keep every model")
 
@@ -321,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score every task with this metric instead of its own (e.g. accuracy, top5_accuracy, "
                    "top1_accuracy or mean_ap for re-identification; see 'lifebench ls metrics')")
     _add_bootstrap_options(p, seed_alias=True, confidence=True)
-    p.add_argument("--per-class", type=_at_least(1), nargs="?", const=5, default=None, metavar="N",
+    p.add_argument("--per-class", type=_bounded(1), nargs="?", const=5, default=None, metavar="N",
                    help="also score every class (F1 with paired intervals, precision, recall) and each model's "
                    "confusion matrix: per_class.csv, per_class.json, confusion/; print the best model's N lowest "
                    "classes per task (default 5)")
@@ -839,7 +834,7 @@ def cmd_embed(args) -> int:
         w.writerow(["row", "id", "label", "split"])
         for row, i in enumerate(keep):
             w.writerow([row, task.examples.ids[i], task.examples.labels[i], split[i]])
-        def write(f) -> None:  # the array whole on disk first, then its sidecar: never a sidecar without it
+        def write(f) -> None:  # the array synced before the sidecar is replaced: a failed write (full disk) keeps both
             np.save(f, emb.vectors[keep])
             f.flush()
             os.fsync(f.fileno())
@@ -1174,8 +1169,7 @@ COMMANDS["finetune"] = cmd_finetune
 def cmd_forgetting(args) -> int:
     from lifebench.backbones import parse_backbone_id
     from lifebench.finetune import read_recipe
-    from lifebench.interpolate import parse_alphas, suite_groups
-    from lifebench.report.forgetting import evaluate_forgetting
+    from lifebench.interpolate import evaluate_forgetting, parse_alphas, suite_groups
     from lifebench.store import Store
 
     _check_resamples(args.resamples)

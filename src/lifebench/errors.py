@@ -15,8 +15,10 @@ Anything else that escapes is a bug in lifebench and keeps its traceback.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "BadImageError",
@@ -26,7 +28,21 @@ __all__ = [
     "MissingDependencyError",
     "StoreFullError",
     "UnknownNameError",
+    "one_line",
+    "shown",
 ]
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message quotes it: its repr (which escapes newlines; a date or time in ISO form),
+    cut to ``limit`` characters, so that a long or multi-line value keeps the message on one line."""
+    text = value.isoformat() if isinstance(value, dt.date | dt.time) else repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def one_line(err: BaseException | str) -> str:
+    """A library's error message with its line breaks and runs of spaces collapsed: to quote it in one line."""
+    return " ".join(str(err).split())
 
 
 class LifebenchError(Exception):

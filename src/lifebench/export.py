@@ -35,8 +35,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from lifebench.errors import ConfigError, DataError
-from lifebench.fsutil import atomic_write
+from lifebench.errors import ConfigError, DataError, one_line
+from lifebench.fsutil import atomic_write, read_text
 from lifebench.store.sqlite import reads_store
 
 __all__ = ["FORMATS", "PREDICTIONS_SCHEMA", "PREDICTION_COLUMNS", "export", "open_results", "prediction_rows",
@@ -159,7 +159,7 @@ def _write_predictions(store: Any, out: Path, tasks: Sequence[str] | None) -> in
         writer.writerow(cols)
         for row in zip(*cols.values(), strict=True):
             writer.writerow(["" if v is None else _dumps(v) if isinstance(v, list) else v for v in row])
-        def write(fh: IO[bytes]) -> None:  # the CSV whole on disk first, then its sidecar: never one without the other
+        def write(fh: IO[bytes]) -> None:  # the CSV synced before the sidecar is replaced: a failed write keeps both
             fh.write(buf.getvalue().encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
@@ -207,6 +207,14 @@ def _bad(path: Path, why: str) -> DataError:
     return DataError(f"{path}: {why}; export it again with 'lifebench export --store STORE --out {path.name}'")
 
 
+def _json(path: Path, text: str | bytes, what: str = "") -> Any:
+    """``text`` (the export ``path`` itself, or ``what`` of it) parsed as JSON; a damaged one is one line."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8 bytes, deep nesting
+        raise _bad(path, f"{what + ' is ' if what else ''}not valid JSON ({one_line(exc)[:200]})") from None
+
+
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, list]]:
     """``(header, columns)`` of a predictions export."""
     if not path.is_file():
@@ -219,13 +227,10 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, list]]:
         except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
             raise _bad(path, f"not a readable Parquet file ({exc})") from exc
         raw = (table.schema.metadata or {}).get(b"lifebench")
-        header = json.loads(raw) if raw else {}
+        header = _json(path, raw, "its lifebench metadata") if raw else {}
         cols = {c: table.column(c).to_pylist() for c in table.column_names} if header else {}
     elif path.suffix == ".json":
-        try:
-            header = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _bad(path, f"not valid JSON ({exc})") from exc
+        header = _json(path, read_text(path, what="export", fix="export it again with 'lifebench export'"))
         rows = header.pop("predictions", None) if isinstance(header, dict) else None
         names = header.get("columns", []) if isinstance(header, dict) else []
         cols = {c: [r.get(c) for r in rows] for c in names} if isinstance(rows, list) else {}
@@ -235,7 +240,8 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, list]]:
         side = _sidecar(path)
         if not side.is_file():
             raise _bad(path, f"the per-experiment file {side.name} written beside it is missing")
-        header = json.loads(side.read_text(encoding="utf-8"))
+        header = _json(path, read_text(side, what="export sidecar", fix="export it again with 'lifebench export'"),
+                       side.name)
         rows = read_csv(path, ["example_id", "experiment_id"], fix="export it again with 'lifebench export'")
         cols = {c: [r[c] for r in rows] for c in (rows[0] if rows else PREDICTION_COLUMNS)}
         cols["topk"] = [json.loads(v) if v else None for v in cols.get("topk", [])]

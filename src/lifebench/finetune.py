@@ -264,7 +264,7 @@ def _load_state(path: Path, recipe: Recipe) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a checkpoint written by something else, or damaged outside atomic_write
         raise ConfigError(f"cannot read the resumable checkpoint {path} ({type(err).__name__}); delete it to start "
                           "over") from err

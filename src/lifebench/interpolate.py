@@ -36,7 +36,8 @@ from lifebench.backbones import load_backbone, parse_backbone_id
 from lifebench.errors import ConfigError
 from lifebench.fsutil import atomic_write
 
-__all__ = ["Interpolation", "checkpoints", "drop_differing_heads", "evaluate", "interpolate_state_dicts",
+__all__ = ["Interpolation", "checkpoints", "drop_differing_heads", "evaluate", "evaluate_forgetting",
+           "interpolate_state_dicts",
            "parse_alphas", "resolve_groups", "suite_groups"]
 
 log = logging.getLogger(__name__)
@@ -304,3 +305,38 @@ def evaluate(a: str, b: str, alphas: list[float], tasks: list, groups: dict[str,
     if missing:
         log.warning("interpolation got no score for %s; those tasks are left out of the curves", ", ".join(missing))
     return result
+
+
+def evaluate_forgetting(base: str, finetuned: str, alphas: list[float], target, groups: dict[str, list[str]],
+                        tasks: list, store, options, *, budget: float = 0.01, n_resamples: int = 1000, seed: int = 0,
+                        confidence: float = 0.95, recipe: dict | None = None):
+    """Run the base, the fine-tuned model and their mixes at ``alphas`` on ``tasks`` (skipping what the store holds)
+    and compare each with the base (:func:`lifebench.report.forgetting.summarize`).
+
+    ``target`` is the target task; ``groups`` the reference groups (names of tasks among ``tasks``); the target is
+    left out of them. ``recipe`` is the fine-tuned checkpoint's record for the leakage guard.
+    """
+    from lifebench.backbones import canonical_id
+    from lifebench.report import build_leaderboard
+    from lifebench.report.forgetting import TARGET, summarize
+    from lifebench.runner import expand, run_jobs
+
+    if options.cache_dir is None:
+        raise ConfigError("forgetting writes the interpolated checkpoints into the cache folder; drop --no-cache")
+    if not np.isfinite(budget) or budget < 0:
+        raise ConfigError(f"--budget {budget} must be a score difference >= 0, e.g. 0.01")
+    groups = resolve_groups(groups, tasks)
+    groups = {g: [n for n in names if n != target.name] for g, names in groups.items()}
+    if dropped := [g for g, names in groups.items() if not names]:
+        log.warning("reference group %s holds only the target task; it is left out", ", ".join(dropped))
+    groups = {TARGET: [target.name], **{g: names for g, names in groups.items() if names}}
+    if len(groups) < 2:
+        raise ConfigError("give at least one reference --suite or --task besides the target, to measure forgetting on")
+    base_id, ft_id = canonical_id(base), canonical_id(finetuned)
+    models = [("base", None, base_id), ("fine-tuned", None, ft_id)]
+    models += [(f"alpha={a:g}", a, m) for a, m in checkpoints(base, finetuned, alphas, options.cache_dir)]
+    run_jobs(expand(tasks, list(dict.fromkeys(m for _, _, m in models))), store, options)
+    board = build_leaderboard(store, tasks=[t.name for t in tasks], n_resamples=n_resamples, seed=seed,
+                              confidence=confidence)
+    return summarize(board, models, base_id, ft_id, target.name, groups, tasks, budget=budget,
+                     confidence=confidence, recipe=recipe, where=str(store.path))

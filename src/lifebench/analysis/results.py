@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lifebench.errors import ConfigError, DataError
+from lifebench.errors import ConfigError, DataError, one_line, shown
 from lifebench.fsutil import atomic_write, read_text
 from lifebench.store.provenance import machine_summary
 from lifebench.store.sqlite import reads_store
@@ -345,7 +345,7 @@ def _read_one(path: Path, clip_metric: str) -> ResultSet:
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, an integer of over 4300 digits, deep nesting
-        raise DataError(f"{path} is not valid JSON ({' '.join(str(exc).split())[:200]}); {fix}") from None
+        raise DataError(f"{path} is not valid JSON ({one_line(exc)[:200]}); {fix}") from None
     if isinstance(doc, dict) and doc.get("schema") == EXPORT_SCHEMA:
         return _read_export_json(path, doc)
     if isinstance(doc, dict) and {"models", "results", "benchmark_tasks"} <= doc.keys():
@@ -375,12 +375,6 @@ def _number(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _show(v: Any) -> str:
-    """A value for a one-line message: its repr (which escapes newlines), cut short."""
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 _KINDS = {str: "a string", float: "a finite number", int: "a whole number", bool: "true or false", list: "a list"}
 
 
@@ -395,9 +389,9 @@ def _field(path: Path, where: str, obj: dict[str, Any], key: str, kind: type, re
     if kind in (float, int):
         n = _number(v)
         ok = n is not None and (kind is float or n.is_integer())
-        _need(ok, path, where, f"has {key} {_show(v)}, expected {_KINDS[kind]}")
+        _need(ok, path, where, f"has {key} {shown(v)}, expected {_KINDS[kind]}")
         return int(n) if kind is int else n  # type: ignore[arg-type]
-    _need(isinstance(v, kind), path, where, f"has {key} {_show(v)}, expected {_KINDS[kind]}")
+    _need(isinstance(v, kind), path, where, f"has {key} {shown(v)}, expected {_KINDS[kind]}")
     return v
 
 
@@ -411,7 +405,7 @@ def _release_date(path: Path, where: str, ms: float | None) -> str | None:
     try:
         return (_EPOCH + dt.timedelta(milliseconds=ms)).date().isoformat()
     except (OverflowError, ValueError):
-        raise DataError(f"{path}: {where} has release_ms {_show(ms)}, which is no date (milliseconds since "
+        raise DataError(f"{path}: {where} has release_ms {shown(ms)}, which is no date (milliseconds since "
                         "1970 within years 1-9999); fix the file or re-export it") from None
 
 
@@ -453,11 +447,11 @@ def _read_biobench(path: Path, doc: dict[str, Any]) -> ResultSet:
         where = f"results[{i}]"
         _need(isinstance(r, dict), path, where, "must be an object")
         task, model, mean = r.get("task"), r.get("model"), _number(r.get("mean"))
-        _need(isinstance(task, str) and task in tasks, path, where, f"names task {_show(task)}, which is in "
+        _need(isinstance(task, str) and task in tasks, path, where, f"names task {shown(task)}, which is in "
               "neither benchmark_tasks nor prior_work_tasks")
-        _need(isinstance(model, str) and model in models, path, where, f"names model {_show(model)}, which is not "
+        _need(isinstance(model, str) and model in models, path, where, f"names model {shown(model)}, which is not "
               "in models[]")
-        _need(mean is not None, path, where, f"has no numeric mean (got {_show(r.get('mean'))})")
+        _need(mean is not None, path, where, f"has no numeric mean (got {shown(r.get('mean'))})")
         _need((task, model) not in seen, path, where, f"repeats task {task!r} for model {model!r}")
         seen.add((task, model))
         best, ties = bests.get(task, (None, None))
@@ -599,10 +593,10 @@ def _table_row(path: Path, where: str, row: dict[Any, Any]) -> dict[str, Any]:
             try:
                 v = float(v)
             except ValueError:
-                raise DataError(f"{path}: {where} has {key} {_show(v)}, expected a number; fix the file or re-export "
+                raise DataError(f"{path}: {where} has {key} {shown(v)}, expected a number; fix the file or re-export "
                                 "it") from None
         elif key in _TABLE_FLAGS and isinstance(v, str):
-            _need(v.strip().lower() in ("true", "false"), path, where, f"has {key} {_show(v)}, expected true or false")
+            _need(v.strip().lower() in ("true", "false"), path, where, f"has {key} {shown(v)}, expected true or false")
             v = v.strip().lower() == "true"
         if key in _TABLE_NUMBERS and key != "point" and isinstance(v, float) and not math.isfinite(v):
             continue

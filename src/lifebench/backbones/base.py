@@ -94,8 +94,17 @@ class Preprocess:
             raise ValueError(f"expected an RGB image, got mode {img.mode!r}")
         geo = self.geometry(*img.size)
         if (geo.new_w, geo.new_h) != img.size:
-            img = img.resize((geo.new_w, geo.new_h), _PIL_FILTERS[self.interpolation])
-        img = img.crop((geo.left, geo.top, geo.left + self.crop, geo.top + self.crop))
+            img = img.resize((geo.new_w, geo.new_h), self.resample)
+        return self.to_tensor(img.crop((geo.left, geo.top, geo.left + self.crop, geo.top + self.crop)))
+
+    @property
+    def resample(self) -> Image.Resampling:
+        """PIL's filter for :attr:`interpolation`."""
+        return _PIL_FILTERS[self.interpolation]
+
+    def to_tensor(self, img: Image.Image) -> torch.Tensor:
+        """Scale an already resized and cropped RGB image to [0, 1] and normalise it: the last step of
+        :meth:`__call__`, shared with the data paths that resize and crop by other means."""
         arr = np.asarray(img, dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)

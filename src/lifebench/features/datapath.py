@@ -78,12 +78,6 @@ decoding on a CPU, nvJPEG on CUDA), ``full`` (the same policy, full PIL decode),
 PRECISION_BITS = 22
 """PIL's fixed-point precision for 8-bit resampling (``32 - 8 - 2`` in libImaging/Resample.c)."""
 
-_PIL_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 _JPEG, _PIXELS, _ERROR = 0, 1, 2
 # Elements (images x channels x rows x columns) resampled at once; bounds the float64 working memory.
 _RESAMPLE_CHUNK_ELEMS = 1 << 25
@@ -388,14 +382,6 @@ def decode_jpegs(streams: list[torch.Tensor], device: torch.device) -> list[torc
 # ------------------------------------------------------------------------------------- CPU (PIL) path
 
 
-def _normalise_pil(img: Image.Image, pre: Preprocess) -> torch.Tensor:
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(pre.std, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std
-
-
 def preprocess_file(path: str | os.PathLike, pre: Preprocess, draft: bool = False,
                     reference: bool = False) -> torch.Tensor:
     """Decode ``path`` with PIL and apply ``pre``; exactly ``pre(load_rgb(path))`` unless a draft decode helps.
@@ -420,8 +406,7 @@ def preprocess_file(path: str | os.PathLike, pre: Preprocess, draft: bool = Fals
     if reduced.scale == 1:
         return pre(reduced.image)
     geo = pre.geometry(*reduced.full_size)
-    img = _resize_crop_region(reduced.image, reduced.box, geo, pre.crop, _PIL_FILTERS[pre.interpolation])
-    return _normalise_pil(img, pre)
+    return pre.to_tensor(_resize_crop_region(reduced.image, reduced.box, geo, pre.crop, pre.resample))
 
 
 def _resize_crop_region(img: Image.Image, box: tuple[float, float, float, float], geo: Geometry, crop: int,

@@ -45,7 +45,7 @@ from lifebench.errors import ConfigError
 from lifebench.fsutil import atomic_write
 from lifebench.metrics import estimate
 
-__all__ = ["Forgetting", "evaluate_forgetting", "leakage"]
+__all__ = ["TARGET", "Forgetting", "leakage", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -202,44 +202,25 @@ def _ci(point: float, low: float, high: float, sign: bool = False) -> str:
     return f"{f.format(point)} [{f.format(low)}, {f.format(high)}]"
 
 
-def evaluate_forgetting(base: str, finetuned: str, alphas: list[float], target, groups: dict[str, list[str]],
-                        tasks: list, store, options, *, budget: float = 0.01, n_resamples: int = 1000, seed: int = 0,
-                        confidence: float = 0.95, recipe: dict | None = None) -> Forgetting:
-    """Run every model on ``tasks`` (skipping what the store holds) and compare each with the base.
+def summarize(board, models: list[tuple[str, float | None, str]], base_id: str, ft_id: str, target: str,
+              groups: dict[str, list[str]], tasks: list, *, budget: float, confidence: float,
+              recipe: dict | None, where: str) -> Forgetting:
+    """Compare each of ``models`` (label, alpha or None, backbone id) with the base on a leaderboard that scored
+    them all on ``tasks`` (``groups``: the target first, then the reference groups; task names).
 
-    ``target`` is the target task; ``groups`` the reference groups (names of tasks among ``tasks``); the target is
-    left out of them. ``recipe`` is the fine-tuned checkpoint's record for the leakage guard.
+    Intervals of differences come from the leaderboard's shared per-resample scores, so they are paired; the target
+    keeps the leaderboard's own interval. ``recipe`` is the fine-tuned checkpoint's record for the leakage guard;
+    ``where`` names the store in the error for a missing score.
     """
-    from lifebench.backbones import canonical_id
-    from lifebench.interpolate import checkpoints, resolve_groups
-    from lifebench.report import build_leaderboard
-    from lifebench.runner import expand, run_jobs
-
-    if options.cache_dir is None:
-        raise ConfigError("forgetting writes the interpolated checkpoints into the cache folder; drop --no-cache")
-    if not np.isfinite(budget) or budget < 0:
-        raise ConfigError(f"--budget {budget} must be a score difference >= 0, e.g. 0.01")
-    groups = resolve_groups(groups, tasks)
-    groups = {g: [n for n in names if n != target.name] for g, names in groups.items()}
-    if dropped := [g for g, names in groups.items() if not names]:
-        log.warning("reference group %s holds only the target task; it is left out", ", ".join(dropped))
-    groups = {TARGET: [target.name], **{g: names for g, names in groups.items() if names}}
-    if len(groups) < 2:
-        raise ConfigError("give at least one reference --suite or --task besides the target, to measure forgetting on")
-    base_id, ft_id = canonical_id(base), canonical_id(finetuned)
-    models = [("base", None, base_id), ("fine-tuned", None, ft_id)]
-    models += [(f"alpha={a:g}", a, m) for a, m in checkpoints(base, finetuned, alphas, options.cache_dir)]
     by_name = {t.name: t for t in tasks}
-    run_jobs(expand(tasks, list(dict.fromkeys(m for _, _, m in models))), store, options)
-    board = build_leaderboard(store, tasks=list(by_name), n_resamples=n_resamples, seed=seed, confidence=confidence)
     cells = {(c.backbone, c.task): c for c in board.cells if c.protocol == by_name[c.task].protocol}
-    result = Forgetting(base=base_id, finetuned=ft_id, target=target.name, groups=groups, budget=budget,
-                        confidence=confidence, leakage=leakage(recipe, tasks, target.name))
+    result = Forgetting(base=base_id, finetuned=ft_id, target=target, groups=groups, budget=budget,
+                        confidence=confidence, leakage=leakage(recipe, tasks, target))
 
     def scored(model: str, task: str):
         c = cells.get((model, task))
         if c is None:
-            raise ConfigError(f"no score of {model} on {task} in {store.path}; rerun with --force to recompute it")
+            raise ConfigError(f"no score of {model} on {task} in {where}; rerun with --force to recompute it")
         return c, np.asarray(board.resamples[(task, c.metric, c.backbone, c.protocol)], dtype=np.float64)
 
     for label, alpha, model in models:
@@ -258,7 +239,7 @@ def evaluate_forgetting(base: str, finetuned: str, alphas: list[float], target, 
                 res_diffs.append(res - res_b)
             means[group] = (float(np.mean(points)), float(np.mean(diffs)), np.mean(res_diffs, axis=0))
         point, diff, res_d = means[TARGET]
-        target_cell = scored(model, target.name)[0]  # the leaderboard's own interval, as `lifebench report` shows it
+        target_cell = scored(model, target)[0]  # the leaderboard's own interval, as `lifebench report` shows it
         g_est = estimate(diff, res_d, confidence)
         entry.update(target=point, target_low=target_cell.low, target_high=target_cell.high, gain=diff,
                      gain_low=g_est.low, gain_high=g_est.high)
@@ -268,7 +249,7 @@ def evaluate_forgetting(base: str, finetuned: str, alphas: list[float], target, 
                 entry["forgetting"][group] = (0.0 - d.point, 0.0 - d.high, 0.0 - d.low)  # no "-0.000"
         entry["general"] = float(np.mean([means[g][0] for g in groups if g != TARGET]))
         result.summary.append(entry)
-    result.exact = _ends(result, alphas)
+    result.exact = _ends(result, [a for _, a, _ in models if a is not None])
     ok = [s for s in result.summary if s["alpha"] is not None
           and all(f[0] <= budget + 1e-12 for f in s["forgetting"].values())]
     if ok:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifebench.errors import ConfigError
+from lifebench.errors import ConfigError, one_line, shown
 from lifebench.fsutil import read_text
 
 __all__ = ["KEY_ALIASES", "SCHEMA", "SWEEP_KEYS", "SweepSpec", "load", "read_run_config", "run_local",
@@ -156,12 +156,6 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _show(value: Any) -> str:
-    """A value as the message shows it: one line, at most about 60 characters."""
-    text = value.isoformat() if isinstance(value, dt.date | dt.time) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _dotted(parent: str, key: str) -> str:
     """The TOML path of ``key`` in the table at ``parent`` (a key that is not bare is quoted, as TOML writes it)."""
     key = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)  # escaped: the message stays one line
@@ -198,7 +192,7 @@ def _check(value: Any, spec: Spec, key: str, where: str) -> None:
     """Raise a one-line ConfigError naming ``where``, the key path and the type expected when ``value`` does not
     fit ``spec``."""
     def bad(expect: str) -> ConfigError:
-        return ConfigError(f"{where}: {key or 'the file'} must be {expect}, got {_show(value)} ({_kind(value)})")
+        return ConfigError(f"{where}: {key or 'the file'} must be {expect}, got {shown(value)} ({_kind(value)})")
 
     if isinstance(spec, dict):
         if not isinstance(value, dict):
@@ -224,7 +218,7 @@ def _check(value: Any, spec: Spec, key: str, where: str) -> None:
             _check(value, spec.item, key, where)
     elif not spec.ok(value):
         if spec.fix:
-            raise ConfigError(f"{where}: " + spec.fix.format(key=key, value=_show(value)))
+            raise ConfigError(f"{where}: " + spec.fix.format(key=key, value=shown(value)))
         raise bad(spec.expect)
     elif any(isinstance(v, str) and "\x00" in v for v in (value if isinstance(value, list) else [value])):
         raise ConfigError(f"{where}: {key} holds a NUL character (\\u0000), which no name or path can; remove it")
@@ -243,14 +237,15 @@ def validate(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:
-    """A sweep or config file as validated TOML data; every way it can be unreadable is one ConfigError."""
+    """A sweep or config file as validated TOML data; every way it can be unreadable is one line: a DataError
+    when it cannot be read or is not UTF-8 (:func:`lifebench.fsutil.read_text`), else a ConfigError."""
     where = f"{what} {path}"
     text = read_text(path, what=what, fix="save it as UTF-8")  # a byte-order mark is not an error
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         last = f"at the end of the file, line {text.rstrip(chr(10)).count(chr(10)) + 1}"
-        raise ConfigError(f"{where} is not valid TOML: {' '.join(str(e).split()).replace('at end of document', last)}"
+        raise ConfigError(f"{where} is not valid TOML: {one_line(e).replace('at end of document', last)}"
                           ) from None
     except RecursionError:
         raise ConfigError(f"{where} is not valid TOML: arrays or tables nested too deeply") from None
@@ -261,7 +256,7 @@ def _file_path(base: Path, value: str, key: str, where: str) -> Path:
     try:
         return base / Path(value).expanduser()
     except RuntimeError:  # ~user of a user that does not exist here
-        raise ConfigError(f"{where}: {key} = {_show(value)}: cannot expand the ~ of this path") from None
+        raise ConfigError(f"{where}: {key} = {shown(value)}: cannot expand the ~ of this path") from None
 
 
 def _exists(path: Path) -> bool:

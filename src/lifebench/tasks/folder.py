@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lifebench.errors import BadImageError, ConfigError, DataError
+from lifebench.errors import BadImageError, ConfigError, DataError, one_line
 from lifebench.fsutil import read_text
 from lifebench.tasks.base import Examples, Task
 from lifebench.tasks.split import CROSS_FIT_BELOW, DEFAULT_TEST_SIZE, default_folds, make_split
@@ -386,7 +386,7 @@ def _read_table(path: Path) -> tuple[list[str], list[list[str]], list[str]]:
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for unreadable files
-            raise DataError(f"cannot read Parquet manifest {path}: {' '.join(str(e).split())}; check that it is a "
+            raise DataError(f"cannot read Parquet manifest {path}: {one_line(e)}; check that it is a "
                             "Parquet file") from None
         cols = [["" if v is None else str(v) for v in table.column(i).to_pylist()]
                 for i in range(table.num_columns)]
