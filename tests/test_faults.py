@@ -111,7 +111,7 @@ def test_kill_9_and_sigterm_then_immediate_reruns_lose_nothing(tmp_path: Path, c
         if sent in (signal.SIGTERM, signal.SIGINT):  # unwound (or it had just finished its jobs): claims released
             assert _query(store, "SELECT COUNT(*) FROM claims") == 0
             if proc.returncode != 0:  # 128 + the signal's number, as a shell reports it
-                assert proc.returncode == 128 + sent, (sent, proc.returncode)
+                assert proc.returncode == 128 + sent, (sent, proc.returncode, err)
                 assert err.strip().splitlines() == ["lifebench: interrupted; finished experiments and cache entries "
                                                     "are kept"], err
         elif sent == signal.SIGKILL:

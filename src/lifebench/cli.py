@@ -1293,6 +1293,15 @@ def _error(message: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into it by the runner (a cluster's preemption),
+        # caught out here so that one arriving while another error is being reported is still one line
+        print("lifebench: interrupted; finished experiments and cache entries are kept", file=sys.stderr)
+        return 143 if str(e) == "SIGTERM" else 130  # 128 + the signal's number, as a shell reports it
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     if argv is not None and (bad := next((a for a in argv if "\0" in str(a)), None)) is not None:
         # only a caller of main() can pass one (a process's arguments cannot hold NUL); every path use would fail
@@ -1327,9 +1336,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _error(f"{e.strerror or e}{where}; check the path and its permissions or free space")
         return 2
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM turned into it by the runner (a cluster's preemption)
-        print("lifebench: interrupted; finished experiments and cache entries are kept", file=sys.stderr)
-        return 143 if str(e) == "SIGTERM" else 130  # 128 + the signal's number, as a shell reports it
 
 
 if __name__ == "__main__":
